@@ -1,0 +1,3 @@
+"""Imports every built-in adaptation method so that it registers itself."""
+
+# ruff: noqa: F401

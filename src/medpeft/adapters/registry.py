@@ -1,0 +1,70 @@
+"""Registry of adaptation methods: config name -> (config model, apply, merge).
+
+Each method lives in its own module and registers itself with :func:`register_method`.
+`apply(model, cfg)` modifies the model in place (wrapping layers, unfreezing tensors) and returns it;
+`merge(model)` folds weight changes back into plain layers where the method changes weights.
+The engine freezes the whole model before applying the configured methods in order, so a method
+only turns on ``requires_grad`` for what it trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class MethodConfig(BaseModel):
+    """Base class of every method's config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class AdapterMethod:
+    """One registered adaptation method."""
+
+    name: str
+    config_cls: type[MethodConfig]
+    apply: Callable[[nn.Module, MethodConfig], nn.Module]
+    merge: Callable[[nn.Module], nn.Module] | None = None
+
+
+_METHODS: dict[str, AdapterMethod] = {}
+
+
+def register_method(
+    name: str,
+    config_cls: type[MethodConfig],
+    merge: Callable[[nn.Module], nn.Module] | None = None,
+) -> Callable[[Callable[[nn.Module, MethodConfig], nn.Module]], Callable[[nn.Module, MethodConfig], nn.Module]]:
+    """Decorator registering ``apply`` under ``name``."""
+
+    def wrap(apply: Callable[[nn.Module, MethodConfig], nn.Module]) -> Callable[[nn.Module, MethodConfig], nn.Module]:
+        if name in _METHODS:
+            raise ValueError(f"adaptation method {name!r} is registered twice")
+        _METHODS[name] = AdapterMethod(name, config_cls, apply, merge)
+        return apply
+
+    return wrap
+
+
+def get_method(name: str) -> AdapterMethod:
+    """Look up a method by its config name, with the list of valid names on error."""
+    _load_builtin_methods()
+    if name not in _METHODS:
+        raise KeyError(f"unknown adaptation method {name!r}; expected one of: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def available_methods() -> list[str]:
+    """Names of all registered methods."""
+    _load_builtin_methods()
+    return sorted(_METHODS)
+
+
+def _load_builtin_methods() -> None:
+    """Import the built-in method modules so that they register themselves."""
+    from medpeft.adapters import builtin  # noqa: F401
