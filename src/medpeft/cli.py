@@ -1,0 +1,187 @@
+"""The ``medpeft`` command line: train, evaluate, predict, info, merge, demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Parameter-efficient fine-tuning of SAM on medical images.")
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key, e.g. train.lr=3e-4")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from medpeft.config import ConfigError
+    from medpeft.data.readers import DataError
+    from medpeft.engine.checkpoint import CheckpointError
+    from medpeft.engine.trainer import NonFiniteLoss, RunDirExists
+    from medpeft.models.loading import BaseModelUnavailable
+
+    return (ConfigError, DataError, CheckpointError, RunDirExists, NonFiniteLoss, BaseModelUnavailable, KeyError, ValueError)
+
+
+def _confirm_overwrite(path: Path) -> bool:
+    """Ask before replacing a user's earlier run (only when someone can answer)."""
+    if path.exists() and any(path.iterdir()) and sys.stdin.isatty():
+        return typer.confirm(f"{path} already holds a run; replace it?", default=False)
+    return False
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config")],
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory")] = False,
+) -> None:
+    """Fine-tune a model as the config says."""
+    from medpeft.config import load_config
+    from medpeft.engine.trainer import train as run_train
+
+    try:
+        cfg = load_config(config, set_)
+        overwrite = overwrite or (not resume and _confirm_overwrite(Path(cfg.train.output_dir)))
+        result = run_train(cfg, resume=resume, overwrite=overwrite)
+    except _user_errors() as e:
+        _fail(str(e).strip("'\""))
+    typer.echo(f"done: {result.steps} steps, best validation Dice {result.best_dice:.4f}; run in {result.run_dir}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory")],
+    data: Annotated[Path | None, typer.Option(help="Dataset root (default: the training data)")] = None,
+    split: Annotated[str, typer.Option(help="train, val, test, or all")] = "test",
+    prompt: Annotated[str | None, typer.Option(help="box, point, box+point or auto (default: config)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: <run>/eval-<split>-<prompt>)")] = None,
+    empty_score: Annotated[str | None, typer.Option(help="'one' or 'nan' for empty prediction on empty mask")] = None,
+) -> None:
+    """Score a checkpoint: per-image CSV, summary JSON, table and overlays."""
+    from medpeft.engine.build import build_dataset, build_splits
+    from medpeft.engine.evaluate import evaluate as run_eval
+    from medpeft.engine.evaluate import format_table
+    from medpeft.engine.restore import load_trained
+
+    try:
+        model, record, cfg = load_trained(checkpoint)
+        splits = build_splits(cfg, data)
+        _check_labels(splits.label_names, record["label_names"])
+        records = splits.train + splits.val + splits.test if split == "all" or data else getattr(splits, split)
+        if not records:
+            _fail(f"the {split!r} split is empty")
+        mode = prompt or cfg.prompts.eval_mode
+        out = out or Path(cfg.train.output_dir) / f"eval-{split}-{mode.replace('+', '_')}"
+        score = cfg.eval.empty_score if empty_score is None else empty_score
+        summary = run_eval(
+            model, build_dataset(cfg, records, record["label_names"], train=False), mode, out,
+            empty_score=1.0 if score == "one" else float("nan"), threshold=cfg.eval.threshold,
+            spacing=cfg.data.spacing, surface=cfg.eval.surface_metrics,
+        )
+    except _user_errors() as e:
+        _fail(str(e).strip("'\""))
+    typer.echo(format_table(summary))
+    typer.echo(f"wrote {out}/per_image.csv, summary.json and overlays/")
+
+
+def _check_labels(found: list[str], trained: list[str]) -> None:
+    unknown = [n for n in found if n not in trained]
+    if unknown:
+        _fail(f"the data has labels {unknown} the checkpoint was not trained on; trained labels: {trained}")
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory")],
+    inputs: Annotated[Path, typer.Argument(help="Image file or folder")],
+    out: Annotated[Path, typer.Option(help="Output folder")] = Path("predictions"),
+    prompts: Annotated[Path | None, typer.Option(help="JSON with boxes/points per image; none = automatic")] = None,
+) -> None:
+    """Segment new images; writes PNG label maps and overlays."""
+    from medpeft.engine.predict import predict as run_predict
+    from medpeft.engine.restore import load_trained
+
+    try:
+        model, record, cfg = load_trained(checkpoint)
+        results = run_predict(model, inputs, out, prompts, cfg.data.resize, cfg.data.normalize, cfg.eval.threshold)
+    except _user_errors() as e:
+        _fail(str(e).strip("'\""))
+    typer.echo(f"{len(results)} image(s): masks in {out}/masks, overlays in {out}/overlays (labels: {record['label_names']})")
+
+
+@app.command()
+def info(
+    config: Annotated[Path, typer.Argument(help="YAML config")],
+    set_: SetOpt = None,
+) -> None:
+    """Trainable parameters per group and as a share of the whole model."""
+    from medpeft.config import load_config
+    from medpeft.engine.build import build_model
+    from medpeft.engine.report import parameter_report
+
+    try:
+        cfg = load_config(config, set_)
+        labels = cfg.data.labels or _labels_from_data(cfg) or ["foreground"]
+        model, identity = build_model(cfg, labels)
+    except _user_errors() as e:
+        _fail(str(e).strip("'\""))
+    typer.echo(f"base: {identity['source']} ({identity['kind']}{', random init' if identity.get('random_init') else ''}), "
+               f"input {cfg.model.image_size}x{cfg.model.image_size}, labels: {labels}")
+    typer.echo(parameter_report(model, cfg))
+
+
+def _labels_from_data(cfg) -> list[str] | None:
+    from medpeft.data.readers import read_dataset
+
+    if cfg.data.root is None or not Path(cfg.data.root).exists():
+        return None
+    return read_dataset(Path(cfg.data.root), format=cfg.data.format, labels=cfg.data.labels)[1]
+
+
+@app.command()
+def merge(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory")],
+    out: Annotated[Path, typer.Argument(help="Folder for the merged transformers model")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder")] = False,
+) -> None:
+    """Fold adapters into the base weights and write a plain ``SamModel.from_pretrained`` directory."""
+    from medpeft.engine.merge import merge_checkpoint
+
+    if out.exists() and any(out.iterdir()) and not (overwrite or _confirm_overwrite(out)):
+        _fail(f"{out} already exists; pass --overwrite to replace it")
+    try:
+        diff = merge_checkpoint(checkpoint, out)
+    except _user_errors() as e:
+        _fail(str(e).strip("'\""))
+    typer.echo(f"merged model written to {out} (max |logit difference| before/after merge: {diff:.2e})")
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option(help="Run folder")] = Path("runs/demo"),
+    data: Annotated[Path, typer.Option(help="Bundled demo dataset")] = Path("demo_data/totalseg_ct"),
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo run")] = False,
+) -> None:
+    """The main job on bundled data: fine-tune, evaluate on held-out slices, write overlays."""
+    from medpeft.engine.demo import run_demo
+
+    if output.exists() and any(output.iterdir()) and not (overwrite or _confirm_overwrite(output)):
+        _fail(f"{output} already holds a demo run; pass --overwrite (or make demo DEMO_FLAGS=--overwrite)")
+    try:
+        summary = run_demo(output, data, set_ or [])
+    except _user_errors() as e:
+        _fail(str(e).strip("'\""))
+    typer.echo(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,252 @@
+"""The YAML config: pydantic models with defaults that work, and ``--set a.b=c`` overrides."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medpeft.adapters.registry import get_method
+
+
+class ConfigError(ValueError):
+    """A config problem a user can act on; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Base model and prompt set-up."""
+
+    base: str = "sam-tiny"  # preset name, hub id, local HF directory or original .pth
+    image_size: int = 256
+    class_prompt: Literal["learned", "text", "none"] = "learned"
+    text_encoder: str | None = None  # CLIP hub id or local dir, for class_prompt: text
+    text_template: str = "{}"
+    fallback_preset: str | None = None  # only `medpeft demo` sets this: used when the base cannot load
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v <= 0 or v % 16:
+            raise ValueError(f"model.image_size must be a positive multiple of 16, got {v}")
+        return v
+
+
+class AugmentConfig(_Strict):
+    """Probabilities of each augmentation (0 disables it)."""
+
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rot90: float = 0.0
+    rotate: float = 0.0
+    max_angle: float = 15.0
+    intensity: float = 0.3
+
+
+class DataConfig(_Strict):
+    """Where the images are and how to split and transform them."""
+
+    root: Path | None = None
+    format: Literal["auto", "folder", "sammed2d"] = "auto"
+    labels: list[str] | None = None
+    resize: Literal["longest_pad", "resize"] = "longest_pad"
+    normalize: Literal["sam", "minmax", "zscore"] = "sam"
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_file: Path | None = None
+    seed: int = 0
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    cache: bool = True
+    spacing: tuple[float, float] | None = None  # pixel size in mm, for ASSD/HD95 in physical units
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f < 0 for f in v) or not math.isclose(sum(v), 1.0, abs_tol=1e-6):
+            raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {list(v)}")
+        return v
+
+
+class PromptConfig(_Strict):
+    """How prompts are sampled in training and derived at evaluation."""
+
+    train_modes: dict[Literal["box", "point", "box+point", "auto"], float] = Field(
+        default_factory=lambda: {"box": 0.5, "point": 0.25, "auto": 0.25}
+    )
+    eval_mode: Literal["box", "point", "box+point", "auto"] = "box"
+    box_jitter: float = Field(0.1, ge=0.0)
+    n_pos_points: int = Field(1, ge=0)
+    n_neg_points: int = Field(0, ge=0)
+
+    @field_validator("train_modes")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v or any(w < 0 for w in v.values()) or sum(v.values()) <= 0:
+            raise ValueError(f"prompts.train_modes needs non-negative weights with a positive sum, got {v}")
+        return v
+
+
+class LossConfig(_Strict):
+    """Weights of the segmentation loss terms."""
+
+    dice: float = 1.0
+    bce: float = 1.0
+    focal: float = 0.0
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+
+
+class OptimizerConfig(_Strict):
+    """Optimizer choice; ``adamw`` over all trainable tensors by default."""
+
+    name: Literal["adamw"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+class TrainConfig(_Strict):
+    """Training loop settings."""
+
+    output_dir: Path = Path("runs/train")
+    epochs: int = Field(10, ge=1)
+    max_steps: int | None = None  # optimizer steps; stops early when reached
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int | None = None  # LoRA-SAM's "preheating"; default: warmup_frac of all steps
+    warmup_frac: float = Field(0.05, ge=0, lt=1)
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    poly_power: float = 0.9
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    val_every: int = Field(1, ge=1)  # epochs
+    checkpoint_every: int | None = None  # optimizer steps; default: every epoch
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+    num_workers: int = 0
+    max_grad_norm: float | None = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    cpu: bool = False  # force CPU even when a GPU is present
+
+
+class EvalConfig(_Strict):
+    """Evaluation settings."""
+
+    empty_score: Literal["one", "nan"] = "one"  # Dice/IoU when both prediction and mask are empty
+    threshold: float = 0.5
+    surface_metrics: bool = True
+
+
+class Config(_Strict):
+    """A whole run."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    adapters: list[dict[str, Any]] = Field(default_factory=lambda: [{"name": "lora", "r": 4}, {"name": "decoder"}])
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check_adapters(self) -> Config:
+        method_configs(self.adapters)
+        return self
+
+
+def method_configs(adapters: list[dict[str, Any]]) -> list[tuple[str, BaseModel]]:
+    """Validate each ``adapters`` entry against its method's config class."""
+    out = []
+    for i, entry in enumerate(adapters):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ValueError(f"adapters[{i}] must be a mapping with a 'name' key, got {entry!r}")
+        params = {k: v for k, v in entry.items() if k != "name"}
+        try:
+            method = get_method(str(entry["name"]))
+        except KeyError as e:
+            raise ValueError(f"adapters[{i}]: {e.args[0]}") from None
+        try:
+            out.append((method.name, method.config_cls(**params)))
+        except ValidationError as e:
+            valid = ", ".join(method.config_cls.model_fields)
+            raise ValueError(f"adapters[{i}] ({method.name}): {_first_error(e)}; valid keys: {valid}") from None
+    return out
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {loc!r}"
+    return f"{loc}: {err['msg']}"
+
+
+def _valid_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    """Validate a config mapping, turning pydantic errors into one actionable line."""
+    try:
+        return Config(**(data or {}))
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            valid = _valid_keys(loc)
+            raise ConfigError(f"{source}: unknown config key {key!r}; valid keys here: {', '.join(valid)}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{source}: {key}: {msg}" if key else f"{source}: {msg}") from None
+
+
+def set_key(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override (value parsed as YAML) to a config mapping."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {assignment!r}")
+    key, _, raw = assignment.partition("=")
+    value = yaml.safe_load(raw) if raw else None
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: Path | str | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        source = str(path)
+    for assignment in overrides or []:
+        set_key(data, assignment)
+    return parse_config(data, source)
+
+
+def dump_config(cfg: Config) -> dict[str, Any]:
+    """A plain, YAML-friendly mapping of the config."""
+    return cfg.model_dump(mode="json")

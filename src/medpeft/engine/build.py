@@ -1,0 +1,168 @@
+"""Assemble a segmenter, its data and its optimizer from a config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medpeft import __version__
+from medpeft.adapters.registry import get_method
+from medpeft.config import Config, ConfigError, method_configs
+from medpeft.data.dataset import SegmentationDataset
+from medpeft.data.readers import ImageRecord, read_dataset
+from medpeft.data.splits import load_split_file, split_records
+from medpeft.models.loading import BaseModelUnavailable, load_sam, weights_sha256
+from medpeft.models.segmenter import SamSegmenter
+
+log = logging.getLogger(__name__)
+
+
+def build_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn.Module | None:
+    """The per-class prompt token: learned embedding, label-name text embedding, or none."""
+    from medpeft.models.text import LearnedClassPrompt, TextClassPrompt, TextEncoder
+
+    if cfg.model.class_prompt == "none":
+        return None
+    if cfg.model.class_prompt == "learned":
+        return LearnedClassPrompt(label_names, dim)
+    if not cfg.model.text_encoder:
+        raise ConfigError("model.class_prompt is 'text' but model.text_encoder is not set (a CLIP hub id or local dir)")
+    encoder = TextEncoder(cfg.model.text_encoder, template=cfg.model.text_template)
+    return TextClassPrompt(label_names, encoder, dim)
+
+
+def load_base(cfg: Config, announce: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the base SAM; only a config with ``model.fallback_preset`` (the demo) may fall back."""
+    torch.manual_seed(cfg.train.seed)  # random-init presets are reproducible from the seed
+    try:
+        sam, identity = load_sam(cfg.model.base, cfg.model.image_size)
+    except BaseModelUnavailable as e:
+        if not cfg.model.fallback_preset:
+            raise
+        if announce:
+            print(
+                f"[medpeft] base model {cfg.model.base!r} is unavailable ({e.__class__.__name__}); "
+                f"running on the RANDOM-INIT preset {cfg.model.fallback_preset!r} instead, results are not pretrained."
+            )
+        torch.manual_seed(cfg.train.seed)
+        sam, identity = load_sam(cfg.model.fallback_preset, cfg.model.image_size)
+        identity = dict(identity, fallback_from=cfg.model.base)
+    identity = dict(identity, seed=cfg.train.seed)
+    return sam, identity
+
+
+def build_model(cfg: Config, label_names: list[str], announce: bool = True) -> tuple[SamSegmenter, dict[str, Any]]:
+    """Base model + class prompt + adaptation methods, with exactly the intended tensors trainable."""
+    sam, identity = load_base(cfg, announce)
+    dim = int(sam.config.prompt_encoder_config.hidden_size)
+    torch.manual_seed(cfg.train.seed + 1)
+    model = SamSegmenter(sam, label_names, build_class_prompt(cfg, label_names, dim))
+    model.requires_grad_(False)
+    if model.class_prompt is not None:
+        for p in model.class_prompt.parameters():
+            p.requires_grad_(True)
+    apply_methods(model, cfg)
+    return model, identity
+
+
+def apply_methods(model: nn.Module, cfg: Config) -> nn.Module:
+    """Apply the configured adaptation methods in order (seeded, so re-application is identical)."""
+    for i, (name, method_cfg) in enumerate(method_configs(cfg.adapters)):
+        torch.manual_seed(cfg.train.seed + 100 + i)
+        get_method(name).apply(model, method_cfg)
+    return model
+
+
+def merge_methods(model: nn.Module, cfg: Config) -> nn.Module:
+    """Fold every weight-changing method back into plain layers."""
+    for name, _ in reversed(method_configs(cfg.adapters)):
+        method = get_method(name)
+        if method.merge is not None:
+            method.merge(model)
+    return model
+
+
+def make_record(cfg: Config, identity: dict[str, Any], label_names: list[str], **extra: Any) -> dict[str, Any]:
+    """The JSON record stored beside every adapter file."""
+    return {
+        "format": "medpeft-adapter",
+        "medpeft_version": __version__,
+        "base_model": identity,
+        "methods": [{"name": n, **c.model_dump(mode="json")} for n, c in method_configs(cfg.adapters)],
+        "image_size": cfg.model.image_size,
+        "label_names": label_names,
+        "class_prompt": cfg.model.class_prompt,
+        "config": cfg.model_dump(mode="json"),
+        **extra,
+    }
+
+
+def check_base_identity(model: SamSegmenter, identity: dict[str, Any]) -> None:
+    """Refuse to apply an adapter to different base weights than it was trained on."""
+    expected = identity.get("sha256")
+    actual = weights_sha256(model.sam)
+    if expected and actual != expected:
+        raise ConfigError(
+            f"base model {identity.get('source')!r} has weights hash {actual[:12]}..., but the adapter was trained "
+            f"on {expected[:12]}...; load the same base weights"
+        )
+
+
+@dataclass
+class Splits:
+    """Train/val/test records and the label names they share."""
+
+    train: list[ImageRecord]
+    val: list[ImageRecord]
+    test: list[ImageRecord]
+    label_names: list[str]
+
+
+def build_splits(cfg: Config, root: Path | None = None) -> Splits:
+    """Read the dataset and split it deterministically (or by ``data.split_file``)."""
+    root = root or cfg.data.root
+    if root is None:
+        raise ConfigError("data.root is not set: point it at a folder dataset or a SAM-Med2D json layout")
+    records, labels = read_dataset(Path(root), format=cfg.data.format, labels=cfg.data.labels)
+    if cfg.data.split_file is not None:
+        parts = load_split_file(cfg.data.split_file, records)
+    else:
+        parts = split_records(records, cfg.data.split, seed=cfg.data.seed)
+    return Splits(parts["train"], parts["val"], parts["test"], labels)
+
+
+def build_dataset(cfg: Config, records: list[ImageRecord], labels: list[str], train: bool) -> SegmentationDataset:
+    """A dataset with training (sampled, augmented) or evaluation (deterministic) prompts."""
+    return SegmentationDataset(
+        records,
+        labels,
+        image_size=cfg.model.image_size,
+        resize=cfg.data.resize,
+        normalize=cfg.data.normalize,
+        augment=cfg.data.augment.model_dump() if train else None,
+        prompt_mode="train" if train else "eval",
+        box_jitter=cfg.prompts.box_jitter,
+        n_pos_points=cfg.prompts.n_pos_points,
+        n_neg_points=cfg.prompts.n_neg_points,
+        seed=cfg.train.seed,
+        cache=cfg.data.cache,
+    )
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    """AdamW over trainable tensors, without weight decay on norms, biases and embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
+    if not decay and not no_decay:
+        raise ConfigError("nothing to train: the configured adapters leave every tensor frozen")
+    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=cfg.optimizer.betas, eps=cfg.optimizer.eps)

@@ -1,0 +1,47 @@
+"""``medpeft merge``: fold adapters into plain weights and write a transformers model directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from medpeft.engine.build import merge_methods
+from medpeft.engine.restore import load_trained
+
+HEAD_FILE = "medpeft_head.safetensors"
+HEAD_RECORD = "medpeft_head.json"
+
+
+@torch.no_grad()
+def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
+    """Merge and save; returns the max |logit| difference before/after merging on a probe input."""
+    model, record, _ = load_trained(checkpoint)
+    gen = torch.Generator().manual_seed(seed)
+    size = model.image_size
+    probe = torch.randn(1, 3, size, size, generator=gen)
+    before = model(probe)
+    merge_methods(model, _cfg_of(record))
+    leftover = [n for n, _ in model.named_parameters() if "lora_" in n or n.endswith((".scale", ".shift"))]
+    if leftover:
+        raise RuntimeError(f"merge left adapter tensors behind: {leftover[:5]}")
+    after = model(probe)
+    diff = float((before - after).abs().max())
+    out.mkdir(parents=True, exist_ok=True)
+    model.sam.save_pretrained(out)
+    if model.class_prompt is not None:
+        head = {n: p.detach().contiguous() for n, p in model.class_prompt.state_dict().items()}
+        save_file(head, str(out / HEAD_FILE))
+    (out / HEAD_RECORD).write_text(
+        json.dumps({"label_names": model.label_names, "class_prompt": record["class_prompt"], "merged_from": str(checkpoint),
+                    "max_abs_logit_difference": diff}, indent=2)
+    )
+    return diff
+
+
+def _cfg_of(record: dict):
+    from medpeft.config import parse_config
+
+    return parse_config(record["config"])

@@ -1,0 +1,44 @@
+"""Parameter accounting for ``medpeft info``."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from medpeft.config import Config
+
+GROUPS = ("vision_encoder", "prompt_encoder", "mask_decoder", "class_prompt", "shared_image_embedding")
+
+
+def group_of(name: str) -> str:
+    for g in GROUPS:
+        if f"{g}." in f"{name}." or name.startswith(g):
+            return g
+    return "other"
+
+
+def parameter_counts(model: nn.Module) -> OrderedDict[str, tuple[int, int]]:
+    """(trainable, total) numbers of parameters per model part."""
+    counts: OrderedDict[str, tuple[int, int]] = OrderedDict((g, (0, 0)) for g in (*GROUPS, "other"))
+    for name, p in model.named_parameters():
+        g = group_of(name)
+        t, n = counts[g]
+        counts[g] = (t + (p.numel() if p.requires_grad else 0), n + p.numel())
+    return OrderedDict((g, c) for g, c in counts.items() if c[1])
+
+
+def trainable_share(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) over the whole model."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def parameter_report(model: nn.Module, cfg: Config) -> str:
+    """A table of trainable parameters per part, and the total as a share of the whole model."""
+    lines = [f"methods: {', '.join(a['name'] for a in cfg.adapters)}", f"{'part':<24}{'trainable':>14}{'total':>14}{'share':>9}"]
+    for g, (t, n) in parameter_counts(model).items():
+        lines.append(f"{g:<24}{t:>14,}{n:>14,}{100 * t / n:>8.3f}%")
+    t, n = trainable_share(model)
+    lines.append(f"{'whole model':<24}{t:>14,}{n:>14,}{100 * t / n:>8.3f}%")
+    return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""Rebuild a fine-tuned model from an adapter checkpoint: base model + methods + trained tensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from medpeft.config import Config, parse_config
+from medpeft.engine import checkpoint as ckpt
+from medpeft.engine.build import build_model, check_base_identity
+from medpeft.models.segmenter import SamSegmenter
+
+
+def load_trained(path: Path | str, base: str | None = None) -> tuple[SamSegmenter, dict[str, Any], Config]:
+    """Load a checkpoint directory (or a run directory's best checkpoint) onto its base model.
+
+    ``base`` overrides where the base weights come from (e.g. a local copy of a hub model); their hash
+    must still match the recorded one, so the result reproduces the fine-tuned model bit for bit.
+    """
+    directory = ckpt.resolve_checkpoint(path)
+    record = ckpt.read_record(directory)
+    cfg = parse_config(record["config"], source=str(directory / ckpt.RECORD_FILE))
+    identity = record["base_model"]
+    cfg.model.base = base or identity["source"]
+    cfg.model.fallback_preset = None
+    model, _ = build_model(cfg, record["label_names"], announce=False)
+    check_base_identity(model, identity)
+    ckpt.load_adapter_tensors(model, directory)
+    model.eval()
+    return model, record, cfg

@@ -1,0 +1,55 @@
+"""The prompt bundle passed to every segmenter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+
+@dataclass
+class Prompts:
+    """Prompts for a batch of images, one prompt set per class.
+
+    All coordinates are pixels in the model's input frame (``image_size x image_size``).
+    Every field is optional; ``class_ids`` alone is the automatic (prompt-free) mode.
+    """
+
+    boxes: torch.Tensor | None = None  # [B, C, 4] as (x1, y1, x2, y2)
+    box_valid: torch.Tensor | None = None  # [B, C] bool; False -> "no box" tokens
+    points: torch.Tensor | None = None  # [B, C, N, 2] as (x, y)
+    point_labels: torch.Tensor | None = None  # [B, C, N]: 1 positive, 0 negative, -1 not a point
+    class_ids: torch.Tensor | None = None  # [B, C] label indices
+
+    def to(self, device: torch.device | str) -> Prompts:
+        """Move every tensor to ``device``."""
+        return Prompts(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+    def num_classes(self) -> int | None:
+        """C as implied by whichever field is set."""
+        for t in (self.class_ids, self.box_valid, self.boxes, self.point_labels):
+            if t is not None:
+                return int(t.shape[1])
+        return None
+
+    @classmethod
+    def from_batch(cls, batch: dict, mode: str) -> Prompts:
+        """Select the prompts of one mode (``box``, ``point``, ``box+point`` or ``auto``) from a data batch."""
+        if mode not in PROMPT_MODES:
+            raise ValueError(f"unknown prompt mode {mode!r}; expected one of {PROMPT_MODES}")
+        use_box = "box" in mode
+        use_point = "point" in mode
+        return cls(
+            boxes=batch["boxes"] if use_box else None,
+            box_valid=batch["box_valid"] if use_box else None,
+            points=batch["points"] if use_point else None,
+            point_labels=batch["point_labels"] if use_point else None,
+            class_ids=batch["class_ids"],
+        )
+
+
+PROMPT_MODES = ("box", "point", "box+point", "auto")
+
+
+def _move(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
+    return None if t is None else t.to(device)

@@ -1,0 +1,96 @@
+"""SAM as a multi-class promptable segmenter: images + prompts -> logits [B, C, H, W]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import SamModel
+
+from medpeft.models.prompts import Prompts
+
+
+class SamSegmenter(nn.Module):
+    """Wraps ``transformers.SamModel``; each class is one of SAM's "point batch" entries.
+
+    Sparse tokens per class are: point tokens, box corner tokens, then the class prompt token
+    (learned embedding or text affine layer output), any of them optional. A class without a
+    box (``box_valid`` False) gets SAM's "not a point" embedding in place of its corners, so a
+    batch mixing present and absent classes keeps one token layout.
+    """
+
+    def __init__(self, sam: SamModel, label_names: list[str], class_prompt: nn.Module | None = None):
+        super().__init__()
+        self.sam = sam
+        self.label_names = list(label_names)
+        self.class_prompt = class_prompt
+
+    @property
+    def image_size(self) -> int:
+        return int(self.sam.config.vision_config.image_size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """Run the image encoder: [B, 3, S, S] -> [B, D, S/16, S/16]."""
+        return self.sam.vision_encoder(images).last_hidden_state
+
+    def sparse_tokens(self, prompts: Prompts, batch_size: int) -> torch.Tensor:
+        """Prompt tokens [B, C, T, D] for every class."""
+        pe = self.sam.prompt_encoder
+        num_classes = prompts.num_classes() or self.num_classes
+        class_ids = prompts.class_ids
+        if class_ids is None:
+            class_ids = torch.arange(num_classes, device=self.device).expand(batch_size, -1)
+        tokens: list[torch.Tensor] = []
+        if prompts.points is not None:
+            labels = prompts.point_labels
+            if labels is None:
+                labels = torch.ones(prompts.points.shape[:-1], dtype=torch.long, device=prompts.points.device)
+            # SAM pads one "not a point" token when points come without a box.
+            tokens.append(pe._embed_points(prompts.points.float(), labels, pad=prompts.boxes is None))
+        if prompts.boxes is not None:
+            corners = pe._embed_boxes(prompts.boxes.float())
+            if prompts.box_valid is not None:
+                absent = ~prompts.box_valid.bool()[..., None, None]
+                corners = torch.where(absent, pe.not_a_point_embed.weight, corners)
+            tokens.append(corners)
+        if self.class_prompt is not None:
+            tokens.append(self.class_prompt(class_ids))
+        if not tokens:
+            if num_classes > 1:
+                raise ValueError(
+                    "no prompt given and no class prompt configured: with several classes the model "
+                    "cannot tell them apart; set model.class_prompt or pass boxes/points"
+                )
+            dim = pe.hidden_size
+            return torch.zeros(batch_size, num_classes, 0, dim, device=self.device)
+        return torch.cat([t.to(self.dtype) for t in tokens], dim=2)
+
+    def forward(self, images: torch.Tensor, prompts: Prompts | None = None) -> torch.Tensor:
+        """Segment ``images`` [B, 3, S, S]; returns per-class logits [B, C, S, S]."""
+        prompts = prompts or Prompts()
+        batch_size, _, height, width = images.shape
+        embeddings = self.image_embeddings(images)
+        sparse = self.sparse_tokens(prompts, batch_size)
+        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = dense.expand(batch_size, -1, *embeddings.shape[-2:])
+        image_pe = self.sam.get_image_wide_positional_embeddings().repeat(batch_size, 1, 1, 1)
+        low_res, _ = self.sam.mask_decoder(
+            image_embeddings=embeddings,
+            image_positional_embeddings=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        return F.interpolate(low_res[:, :, 0], size=(height, width), mode="bilinear", align_corners=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.shared_image_embedding.positional_embedding.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.sam.shared_image_embedding.positional_embedding.dtype
