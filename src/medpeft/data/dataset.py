@@ -1,0 +1,168 @@
+"""``SegmentationDataset``: records -> model-ready tensors with per-class box and point prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from .prompt_sampling import eval_prompts, train_prompts
+from .readers import ImageRecord, image_size, load_image, load_masks
+from .transforms import (
+    NORMALIZE_MODES,
+    RESIZE_MODES,
+    AugmentConfig,
+    augment,
+    normalize,
+    resize,
+    resize_meta,
+    valid_region,
+)
+
+PROMPT_MODES = ("train", "eval")
+CACHE_AUTO_LIMIT = 2000
+
+
+class SegmentationDataset(Dataset):
+    """Images resized to ``image_size`` with one mask and one prompt set per label.
+
+    Items are dicts: ``image`` float [3,S,S], ``masks`` float [C,S,S], ``boxes`` float [C,4],
+    ``box_valid`` bool [C], ``points`` float [C,N,2], ``point_labels`` long [C,N],
+    ``class_ids`` long [C] and ``index`` int, with N = n_pos_points + n_neg_points.
+
+    ``prompt_mode="train"`` samples prompts (jittered box, random points) from a generator seeded
+    by (seed, epoch, index), so call :meth:`set_epoch` each epoch (use non-persistent DataLoader
+    workers so they see it); ``"eval"`` gives the tight box and the centre point. Augmentation
+    (``augment``: :class:`AugmentConfig` fields, or None for none) runs after resizing; padding is
+    zero after normalisation, as in SAM. ``cache`` keeps resized images in memory (default: on
+    for up to 2000 records).
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        label_names: Sequence[str],
+        image_size: int = 256,
+        resize: str = "longest_pad",
+        normalize: str = "sam",
+        augment: dict[str, Any] | AugmentConfig | None = None,
+        prompt_mode: str = "train",
+        box_jitter: float = 0.1,
+        n_pos_points: int = 1,
+        n_neg_points: int = 0,
+        seed: int = 0,
+        box_jitter_px: float = 20.0,
+        cache: bool | None = None,
+    ) -> None:
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"unknown resize {resize!r}; expected one of {RESIZE_MODES}")
+        if normalize not in NORMALIZE_MODES:
+            raise ValueError(f"unknown normalize {normalize!r}; expected one of {NORMALIZE_MODES}")
+        if prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"unknown prompt_mode {prompt_mode!r}; expected one of {PROMPT_MODES}")
+        if n_pos_points < 0 or n_neg_points < 0:
+            raise ValueError("n_pos_points and n_neg_points must be >= 0")
+        self.records = list(records)
+        self.label_names = list(label_names)
+        self.image_size = image_size
+        self.resize = resize
+        self.normalize = normalize
+        self.augment = None if augment is None else AugmentConfig.from_dict(augment)
+        self.prompt_mode = prompt_mode
+        self.box_jitter = box_jitter
+        self.box_jitter_px = box_jitter_px
+        self.n_pos_points = n_pos_points
+        self.n_neg_points = n_neg_points
+        self.seed = seed
+        self.epoch = 0
+        self.cache = len(self.records) <= CACHE_AUTO_LIMIT if cache is None else cache
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random prompts / augmentations the items use."""
+        self.epoch = int(epoch)
+
+    def load_resized(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """uint8 image [S,S,3], bool masks [C,S,S] and resize meta of one record (cached if enabled)."""
+        if index in self._cache:
+            return self._cache[index]
+        rec = self.records[index]
+        image, masks, meta = resize(
+            load_image(rec.image), load_masks(rec, self.label_names), self.image_size, self.resize
+        )
+        assert masks is not None
+        if self.cache:
+            self._cache[index] = (image, masks, meta)
+        return image, masks, meta
+
+    def get_meta(self, index: int) -> dict[str, Any]:
+        """Image path, label names and resize geometry (for writing predictions back)."""
+        rec = self.records[index]
+        meta = resize_meta(image_size(rec.image), self.image_size, self.resize)
+        return {
+            "path": rec.image,
+            "stem": rec.image.stem,
+            "label_names": self.label_names,
+            "spacing": rec.spacing,
+            **meta,
+        }
+
+    def _rng(self, index: int) -> np.random.Generator:
+        if self.prompt_mode == "train":
+            return np.random.default_rng([self.seed, self.epoch, index])
+        return np.random.default_rng([self.seed, index])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, masks, meta = self.load_resized(index)
+        valid = valid_region(meta)
+        rng = self._rng(index)
+        if self.augment is not None:
+            image, stacked = augment(image, np.concatenate([masks, valid[None]]), rng, self.augment)
+            masks, valid = stacked[:-1], stacked[-1]
+        x = normalize(image, self.normalize)
+        x[~valid] = 0.0
+
+        c, n = self.num_classes, self.n_pos_points + self.n_neg_points
+        boxes = np.zeros((c, 4), np.float32)
+        box_valid = np.zeros(c, bool)
+        points = np.zeros((c, n, 2), np.float32)
+        point_labels = np.full((c, n), -1, np.int64)
+        for k in range(c):
+            if self.prompt_mode == "train":
+                p = train_prompts(
+                    masks[k],
+                    rng,
+                    self.n_pos_points,
+                    self.n_neg_points,
+                    self.box_jitter,
+                    self.box_jitter_px,
+                    valid,
+                )
+            else:
+                p = eval_prompts(masks[k], rng, self.n_pos_points, self.n_neg_points, valid)
+            boxes[k], box_valid[k], points[k], point_labels[k] = p.box, p.box_valid, p.points, p.point_labels
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
+            "masks": torch.from_numpy(masks.astype(np.float32)),
+            "boxes": torch.from_numpy(boxes),
+            "box_valid": torch.from_numpy(box_valid),
+            "points": torch.from_numpy(points),
+            "point_labels": torch.from_numpy(point_labels),
+            "class_ids": torch.arange(c, dtype=torch.long),
+            "index": index,
+        }
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack items into a batch (every item has the same C and N, so default stacking suffices)."""
+    return default_collate(batch)

@@ -1,0 +1,148 @@
+"""Box and point prompts derived from a ground-truth mask.
+
+Coordinates are pixels (x = column, y = row); a box is (x1, y1, x2, y2) with x2/y2 the last
+foreground column/row (inclusive), as in MedSAM and SAM-Med2D. An empty mask gives a zero box
+flagged invalid and points labelled -1 (SAM's "not a point").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass
+class Prompts:
+    """The prompts of one mask."""
+
+    box: np.ndarray  # float32 [4]
+    box_valid: bool
+    points: np.ndarray  # float32 [N, 2] as (x, y)
+    point_labels: np.ndarray  # int64 [N]: 1 positive, 0 negative, -1 not a point
+
+
+def mask_to_box(mask: np.ndarray) -> np.ndarray:
+    """Tight box float32 [4] (x1, y1, x2, y2) around the mask; zeros for an empty mask."""
+    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
+    if not rows.any():
+        return np.zeros(4, np.float32)
+    y1, y2 = np.flatnonzero(rows)[[0, -1]]
+    x1, x2 = np.flatnonzero(cols)[[0, -1]]
+    return np.array([x1, y1, x2, y2], np.float32)
+
+
+def tight_box(mask: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The deterministic (evaluation) box and whether it is valid (mask not empty)."""
+    return mask_to_box(mask), bool(np.any(mask))
+
+
+def _hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    return (
+        (image_size, image_size) if isinstance(image_size, int) else (int(image_size[0]), int(image_size[1]))
+    )
+
+
+def jitter_box(
+    box: np.ndarray,
+    rng: np.random.Generator,
+    max_shift_frac: float = 0.1,
+    max_shift_px: float = 20.0,
+    image_size: int | tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Move each side independently by up to min(frac * box side, px) pixels, clipped to the image.
+
+    ``image_size`` is (H, W) or S for S x S; the result keeps x1 <= x2 and y1 <= y2.
+    """
+    box = np.asarray(box, np.float32)
+    w, h = float(box[2] - box[0]), float(box[3] - box[1])
+    limits = np.array([w, h, w, h], np.float32) * max_shift_frac
+    limits = np.minimum(limits, max_shift_px)
+    out = box + rng.uniform(-1.0, 1.0, 4).astype(np.float32) * limits
+    out = np.round(out)
+    if image_size is not None:
+        ih, iw = _hw(image_size)
+        out[[0, 2]] = np.clip(out[[0, 2]], 0, iw - 1)
+        out[[1, 3]] = np.clip(out[[1, 3]], 0, ih - 1)
+    x1, x2 = sorted((out[0], out[2]))
+    y1, y2 = sorted((out[1], out[3]))
+    return np.array([x1, y1, x2, y2], np.float32)
+
+
+def _pick(coords: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    if n == 0 or len(coords) == 0:
+        return np.zeros((0, 2), np.float32)
+    idx = rng.choice(len(coords), size=n, replace=len(coords) < n)
+    return coords[idx, ::-1].astype(np.float32)  # (row, col) -> (x, y)
+
+
+def sample_points(
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    n_pos: int = 1,
+    n_neg: int = 0,
+    region: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform positive points inside and negative points outside the mask (within ``region``).
+
+    Returns points float32 [n_pos + n_neg, 2] as (x, y) and labels int64 (1 / 0). Points that
+    cannot be drawn (empty mask, or no background) are (0, 0) with label -1.
+    """
+    mask = np.asarray(mask, bool)
+    n = n_pos + n_neg
+    points = np.zeros((n, 2), np.float32)
+    labels = np.full(n, -1, np.int64)
+    if not mask.any():
+        return points, labels
+    pos = _pick(np.argwhere(mask), n_pos, rng)
+    outside = ~mask if region is None else (~mask & region)
+    neg = _pick(np.argwhere(outside), n_neg, rng)
+    points[: len(pos)] = pos
+    labels[: len(pos)] = 1
+    points[n_pos : n_pos + len(neg)] = neg
+    labels[n_pos : n_pos + len(neg)] = 0
+    return points, labels
+
+
+def center_point(mask: np.ndarray) -> np.ndarray:
+    """float32 (x, y) of the foreground pixel farthest from the boundary (ties: the most central); (0, 0) if empty."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return np.zeros(2, np.float32)
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    ties = np.argwhere(dist == dist.max())  # e.g. a whole ridge for a rectangle: take its middle
+    y, x = ties[int(np.argmin(((ties - ties.mean(axis=0)) ** 2).sum(axis=1)))]
+    return np.array([x, y], np.float32)
+
+
+def train_prompts(
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    n_pos: int = 1,
+    n_neg: int = 0,
+    box_jitter: float = 0.1,
+    box_jitter_px: float = 20.0,
+    region: np.ndarray | None = None,
+) -> Prompts:
+    """Random prompts: jittered box and uniformly sampled points."""
+    box, valid = tight_box(mask)
+    if valid and box_jitter > 0:
+        box = jitter_box(box, rng, box_jitter, box_jitter_px, mask.shape)
+    points, labels = sample_points(mask, rng, n_pos, n_neg, region)
+    return Prompts(box, valid, points, labels)
+
+
+def eval_prompts(
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    n_pos: int = 1,
+    n_neg: int = 0,
+    region: np.ndarray | None = None,
+) -> Prompts:
+    """Deterministic prompts: tight box, centre point first; further points from ``rng`` (seed it fixed)."""
+    box, valid = tight_box(mask)
+    points, labels = sample_points(mask, rng, n_pos, n_neg, region)
+    if valid and n_pos > 0:
+        points[0] = center_point(mask)
+    return Prompts(box, valid, points, labels)
