@@ -1,0 +1,254 @@
+"""S-SAM singular-value tuning (Paranjape et al.): ``W' = U diag(ReLU(A * S + B)) Vh``.
+
+Hand-written because peft has no singular-value tuner (AdaLoRA learns a new SVD-shaped delta, it does
+not rescale the spectrum of the pretrained weight). Per adapted ``[D, K]`` matrix only the scale ``A``
+(init 1) and shift ``B`` (init 0), each of length ``min(D, K)``, are trained; ``U, S, Vh`` are frozen,
+non-persistent buffers recomputed from the base weight (the signs SVD picks for ``u_i, v_i`` cancel in
+``W'``, so the per-index ``A, B`` mean the same thing after any recomputation).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
+from medpeft.adapters.registry import MethodConfig, register_method
+
+Mode = Literal["auto", "factorised", "rebuild"]
+_MODES: tuple[str, ...] = ("auto", "factorised", "rebuild")
+
+_BLOCK = r"(^|\.)vision_encoder\.layers\.\d+\."
+DEFAULT_TARGETS: tuple[str, ...] = tuple(
+    _BLOCK + p + "$" for p in (r"attn\.qkv", r"attn\.proj", r"mlp\.lin1", r"mlp\.lin2")
+)
+NECK_TARGET = r"(^|\.)vision_encoder\.neck\.conv\d+$"
+
+
+class SVDConfig(MethodConfig):
+    """Which matrices get singular-value tuning, what is trained and how the forward runs."""
+
+    targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
+    include_neck: bool = False
+    train_scale: bool = True
+    train_shift: bool = True
+    mode: Mode = "auto"
+    reg_weight: float = Field(0.0, ge=0.0)
+
+    @field_validator("targets")
+    @classmethod
+    def _compile(cls, targets: list[str]) -> list[str]:
+        for pattern in targets:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"invalid target regex {pattern!r}: {err}") from None
+        return targets
+
+
+class _SVDLayer(nn.Module):
+    """Frozen SVD of the base matrix plus the trainable scale ``A`` and shift ``B``."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def __init__(self, base: nn.Linear | nn.Conv2d, train_scale: bool, train_shift: bool, mode: str) -> None:
+        super().__init__()
+        base.weight.requires_grad_(False)
+        if base.bias is not None:
+            base.bias.requires_grad_(False)
+        self.weight, self.bias = base.weight, base.bias
+        rank = min(self.weight.shape[0], self.weight[0].numel())
+        kw: dict[str, Any] = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.scale = nn.Parameter(torch.ones(rank, **kw), requires_grad=train_scale)
+        self.shift = nn.Parameter(torch.zeros(rank, **kw), requires_grad=train_shift)
+        self.mode = mode
+        self.reg_weight = 0.0
+        self.refresh_factors()
+        self._reloaded = False
+        self.register_load_state_dict_pre_hook(_note_weight_reload)
+        self.register_load_state_dict_post_hook(_refresh_after_reload)
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in _MODES:
+            raise ValueError(f"unknown SVD mode {value!r}; expected one of: {', '.join(_MODES)}")
+        self._mode = value
+
+    @torch.no_grad()
+    def refresh_factors(self) -> None:
+        """(Re)compute ``U, S, Vh`` from the current base weight, in float64, deterministically."""
+        matrix = self.weight.detach().flatten(1).double()
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        for name, value in (("U", u), ("S", s), ("Vh", vh)):
+            self.register_buffer(name, value.to(self.weight.dtype).contiguous(), persistent=False)
+
+    def singular_values(self) -> Tensor:
+        """The tuned spectrum ``ReLU(A * S + B)``."""
+        return F.relu(self.scale * self.S + self.shift)
+
+    def effective_matrix(self) -> Tensor:
+        """``W'`` as a ``[D, K]`` matrix (conv kernels flattened to ``[out, in * kh * kw]``)."""
+        return (self.U * self.singular_values()) @ self.Vh
+
+    def regularizer(self) -> Tensor:
+        """``||1 - A||_2 + ||B||_2`` (L2 norms, as in the S-SAM release): 0 at initialisation."""
+        return torch.linalg.vector_norm(1 - self.scale) + torch.linalg.vector_norm(self.shift)
+
+    def use_factorised(self, n_tokens: int) -> bool:
+        """Mode for ``n_tokens`` rows: in ``auto``, factorised iff ``N r (D+K) < D K r + N D K`` FLOPs."""
+        if self.mode != "auto":
+            return self.mode == "factorised"
+        d, r, k = self.U.shape[0], self.S.numel(), self.Vh.shape[1]
+        return n_tokens * r * (d + k) < d * k * r + n_tokens * d * k
+
+    def _merged_weight(self) -> nn.Parameter:
+        with torch.no_grad():
+            matrix = (self.U.double() * self.singular_values().double()) @ self.Vh.double()
+        return nn.Parameter(matrix.to(self.weight.dtype).view_as(self.weight), requires_grad=False)
+
+
+def _note_weight_reload(module: _SVDLayer, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    module._reloaded = prefix + "weight" in state_dict
+
+
+def _refresh_after_reload(module: _SVDLayer, incompatible_keys: Any) -> None:
+    if module._reloaded:
+        module.refresh_factors()
+        module._reloaded = False
+
+
+class SVDLinear(_SVDLayer):
+    """A frozen ``nn.Linear`` with re-weighted singular values, ``y = x W'^T + b``.
+
+    Hand-written because peft has no singular-value tuner.
+    """
+
+    def __init__(
+        self, base: nn.Linear, *, train_scale: bool = True, train_shift: bool = True, mode: str = "auto"
+    ) -> None:
+        super().__init__(base, train_scale, train_shift, mode)
+        self.in_features, self.out_features = base.in_features, base.out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.use_factorised(x.numel() // max(x.shape[-1], 1)):
+            return F.linear(F.linear(x, self.Vh) * self.singular_values(), self.U, self.bias)
+        return F.linear(x, self.effective_matrix(), self.bias)
+
+    def merge(self) -> nn.Linear:
+        """A plain ``nn.Linear`` with ``W'`` baked in (same bias tensor)."""
+        layer = nn.Linear(self.in_features, self.out_features, bias=False, device="meta")
+        layer.weight, layer.bias = self._merged_weight(), self.bias
+        return layer
+
+
+class SVDConv2d(_SVDLayer):
+    """The conv analogue: the kernel is treated as a ``[out, in * kh * kw]`` matrix."""
+
+    def __init__(
+        self, base: nn.Conv2d, *, train_scale: bool = True, train_shift: bool = True, mode: str = "auto"
+    ) -> None:
+        if base.groups != 1 or base.padding_mode != "zeros":
+            raise ValueError("SVDConv2d supports only groups=1 and padding_mode='zeros'")
+        super().__init__(base, train_scale, train_shift, mode)
+        self.in_channels, self.out_channels = base.in_channels, base.out_channels
+        self.kernel_size, self.stride = base.kernel_size, base.stride
+        self.padding, self.dilation = base.padding, base.dilation
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv = {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
+        batch = x.shape[0] if x.dim() == 4 else 1
+        positions = batch * x.shape[-2] * x.shape[-1] // (self.stride[0] * self.stride[1])
+        if self.use_factorised(positions):
+            h = F.conv2d(x, self.Vh.view(-1, *self.weight.shape[1:]), None, **conv)
+            h = h * self.singular_values()[:, None, None]
+            return F.conv2d(h, self.U[:, :, None, None], self.bias)
+        return F.conv2d(x, self.effective_matrix().view_as(self.weight), self.bias, **conv)
+
+    def merge(self) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with ``W'`` baked in (same bias tensor)."""
+        layer = nn.Conv2d(
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            bias=False,
+            device="meta",
+        )
+        layer.weight, layer.bias = self._merged_weight(), self.bias
+        return layer
+
+
+def svd_layers(model: nn.Module) -> list[SVDLinear | SVDConv2d]:
+    """All singular-value-tuned layers of ``model``."""
+    return [m for m in model.modules() if isinstance(m, SVDLinear | SVDConv2d)]
+
+
+def set_svd_mode(model: nn.Module, mode: Mode) -> None:
+    """Switch every SVD layer of ``model`` to ``mode``."""
+    for layer in svd_layers(model):
+        layer.mode = mode
+
+
+def svd_regularizer(model: nn.Module) -> Tensor:
+    """Unweighted ``sum over layers of ||1 - A||_2 + ||B||_2``; 0 at initialisation."""
+    terms = [layer.regularizer() for layer in svd_layers(model)]
+    return torch.stack(terms).sum() if terms else _zero(model)
+
+
+def svd_penalty(model: nn.Module) -> Tensor:
+    """The regulariser weighted by each layer's configured ``reg_weight``: add it to the loss."""
+    terms = [layer.reg_weight * layer.regularizer() for layer in svd_layers(model) if layer.reg_weight]
+    return torch.stack(terms).sum() if terms else _zero(model)
+
+
+def _zero(model: nn.Module) -> Tensor:
+    param = next(model.parameters(), None)
+    return torch.zeros((), device=param.device if param is not None else None)
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent), child, new)
+
+
+@torch.no_grad()
+def merge_svd(model: nn.Module) -> nn.Module:
+    """Replace every SVD layer by its merged plain ``nn.Linear`` / ``nn.Conv2d``."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, SVDLinear | SVDConv2d):
+            _replace(model, name, module.merge())
+    return model
+
+
+@register_method("svd", SVDConfig, merge=merge_svd)
+def apply_svd(model: nn.Module, cfg: SVDConfig) -> nn.Module:
+    """Wrap every ``nn.Linear`` / ``nn.Conv2d`` whose qualified name matches a target regex."""
+    patterns = [re.compile(p) for p in [*cfg.targets, *([NECK_TARGET] if cfg.include_neck else [])]]
+    kwargs = {"train_scale": cfg.train_scale, "train_shift": cfg.train_shift, "mode": cfg.mode}
+    wrapped = 0
+    for name, module in list(model.named_modules()):
+        if not name or not any(p.search(name) for p in patterns):
+            continue
+        if isinstance(module, nn.Linear):
+            layer: _SVDLayer = SVDLinear(module, **kwargs)
+        elif isinstance(module, nn.Conv2d):
+            layer = SVDConv2d(module, **kwargs)
+        else:
+            continue
+        layer.reg_weight = cfg.reg_weight
+        _replace(model, name, layer)
+        wrapped += 1
+    if not wrapped:
+        raise ValueError(f"svd: no nn.Linear/nn.Conv2d matches the targets {[p.pattern for p in patterns]}")
+    return model
