@@ -39,14 +39,22 @@ class ModelConfig(_Strict):
 
 
 class AugmentConfig(_Strict):
-    """Probabilities of each augmentation (0 disables it)."""
+    """Probabilities (``*_p``) and strengths of each augmentation (mirrors ``medpeft.data.transforms``).
 
-    hflip: float = 0.5
-    vflip: float = 0.0
-    rot90: float = 0.0
-    rotate: float = 0.0
-    max_angle: float = 15.0
-    intensity: float = 0.3
+    Left/right flips swap anatomy: keep ``hflip_p`` at 0 for labels such as ``kidney_left``.
+    """
+
+    hflip_p: float = Field(0.5, ge=0, le=1)
+    vflip_p: float = Field(0.0, ge=0, le=1)
+    rot90_p: float = Field(0.0, ge=0, le=1)
+    rotate_p: float = Field(0.0, ge=0, le=1)
+    rotate_max_deg: float = 15.0
+    brightness_p: float = Field(0.3, ge=0, le=1)
+    brightness_max: float = 0.1
+    contrast_p: float = Field(0.3, ge=0, le=1)
+    contrast_max: float = 0.2
+    gamma_p: float = Field(0.0, ge=0, le=1)
+    gamma_max: float = 0.2
 
 
 class DataConfig(_Strict):

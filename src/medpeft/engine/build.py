@@ -56,9 +56,16 @@ def load_base(cfg: Config, announce: bool = True) -> tuple[nn.Module, dict[str, 
     return sam, identity
 
 
-def build_model(cfg: Config, label_names: list[str], announce: bool = True) -> tuple[SamSegmenter, dict[str, Any]]:
-    """Base model + class prompt + adaptation methods, with exactly the intended tensors trainable."""
+def build_model(
+    cfg: Config, label_names: list[str], announce: bool = True, expected: dict[str, Any] | None = None
+) -> tuple[SamSegmenter, dict[str, Any]]:
+    """Base model + class prompt + adaptation methods, with exactly the intended tensors trainable.
+
+    ``expected``: the recorded identity of the base an adapter was trained on; its weights hash must match.
+    """
     sam, identity = load_base(cfg, announce)
+    if expected is not None:
+        check_base_identity(sam, expected)
     dim = int(sam.config.prompt_encoder_config.hidden_size)
     torch.manual_seed(cfg.train.seed + 1)
     model = SamSegmenter(sam, label_names, build_class_prompt(cfg, label_names, dim))
@@ -102,10 +109,10 @@ def make_record(cfg: Config, identity: dict[str, Any], label_names: list[str], *
     }
 
 
-def check_base_identity(model: SamSegmenter, identity: dict[str, Any]) -> None:
+def check_base_identity(sam: nn.Module, identity: dict[str, Any]) -> None:
     """Refuse to apply an adapter to different base weights than it was trained on."""
     expected = identity.get("sha256")
-    actual = weights_sha256(model.sam)
+    actual = weights_sha256(sam)
     if expected and actual != expected:
         raise ConfigError(
             f"base model {identity.get('source')!r} has weights hash {actual[:12]}..., but the adapter was trained "

@@ -7,7 +7,7 @@ from typing import Any
 
 from medpeft.config import Config, parse_config
 from medpeft.engine import checkpoint as ckpt
-from medpeft.engine.build import build_model, check_base_identity
+from medpeft.engine.build import build_model
 from medpeft.models.segmenter import SamSegmenter
 
 
@@ -23,8 +23,7 @@ def load_trained(path: Path | str, base: str | None = None) -> tuple[SamSegmente
     identity = record["base_model"]
     cfg.model.base = base or identity["source"]
     cfg.model.fallback_preset = None
-    model, _ = build_model(cfg, record["label_names"], announce=False)
-    check_base_identity(model, identity)
+    model, _ = build_model(cfg, record["label_names"], announce=False, expected=identity)
     ckpt.load_adapter_tensors(model, directory)
     model.eval()
     return model, record, cfg

@@ -1,0 +1,47 @@
+"""Config parsing: defaults, overrides and one-line errors naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medpeft.config import ConfigError, load_config, method_configs
+
+
+def test_defaults_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.001\nadapters:\n  - {name: lora, r: 8}\n")
+    cfg = load_config(path, ["train.batch_size=3", "model.image_size=128"])
+    assert cfg.train.lr == 0.001 and cfg.train.batch_size == 3 and cfg.model.image_size == 128
+    (name, lora), = method_configs(cfg.adapters)
+    assert name == "lora" and lora.r == 8 and lora.alpha is None
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("train.lrr=1", "unknown config key 'train.lrr'; valid keys here: output_dir, epochs"),
+        ("modle.base=x", "unknown config key 'modle'"),
+        ("model.image_size=250", "multiple of 16"),
+        ("data.split=[0.5,0.5,0.5]", "summing to 1"),
+        ("adapters=[{name: lora, rank: 4}]", "adapters[0] (lora): unknown key 'rank'; valid keys: r, alpha"),
+        ("adapters=[{name: nope}]", "unknown adaptation method 'nope'; expected one of: bias, decoder, full"),
+        ("prompts.eval_mode=circle", "prompts.eval_mode"),
+    ],
+)
+def test_errors_name_the_key(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert fragment in str(err.value)
+
+
+def test_bad_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(None, ["train.lr"])
