@@ -12,8 +12,12 @@ from PIL import Image
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def make_shapes_dataset(root: Path, n: int = 24, size: int = 64, seed: int = 0) -> Path:
-    """Folder dataset of noisy images with a bright disc (label 1) and a dark square (label 2)."""
+def make_shapes_dataset(root: Path, n: int = 24, size: int = 64, seed: int = 0, big: bool = False) -> Path:
+    """Folder dataset of noisy images with a bright disc (label 1) and a dark square (label 2).
+
+    ``big`` draws larger shapes (the disc covers roughly a fifth of the image), which a tiny random-init
+    SAM learns within a minute on a CPU.
+    """
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
@@ -21,10 +25,10 @@ def make_shapes_dataset(root: Path, n: int = 24, size: int = 64, seed: int = 0) 
     for i in range(n):
         img = rng.normal(120, 20, (size, size)).clip(0, 255)
         label = np.zeros((size, size), np.uint8)
-        r = rng.integers(size // 8, size // 5)
+        r = rng.integers(size // 5, size // 3) if big else rng.integers(size // 8, size // 5)
         cy, cx = rng.integers(r + 1, size - r - 1, 2)
         disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
-        s = rng.integers(size // 6, size // 3)
+        s = rng.integers(size // 4, size // 2) if big else rng.integers(size // 6, size // 3)
         y0, x0 = rng.integers(0, size - s, 2)
         square = np.zeros_like(disc)
         square[y0 : y0 + s, x0 : x0 + s] = True

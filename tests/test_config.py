@@ -14,7 +14,7 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
     path.write_text("train:\n  lr: 0.001\nadapters:\n  - {name: lora, r: 8}\n")
     cfg = load_config(path, ["train.batch_size=3", "model.image_size=128"])
     assert cfg.train.lr == 0.001 and cfg.train.batch_size == 3 and cfg.model.image_size == 128
-    (name, lora), = method_configs(cfg.adapters)
+    ((name, lora),) = method_configs(cfg.adapters)
     assert name == "lora" and lora.r == 8 and lora.alpha is None
 
 

@@ -34,7 +34,9 @@ def test_weighted_sum_and_zero_weights() -> None:
     total, terms = SegmentationLoss(LossConfig(dice=2.0, bce=0.5, focal=1.0))(logits, target)
     assert set(terms) == {"dice", "bce", "focal"}
     assert total.item() == pytest.approx(sum(terms.values()), rel=1e-5)
-    assert terms["bce"] == pytest.approx(0.5 * F.binary_cross_entropy_with_logits(logits, target).item(), rel=1e-5)
+    assert terms["bce"] == pytest.approx(
+        0.5 * F.binary_cross_entropy_with_logits(logits, target).item(), rel=1e-5
+    )
     with pytest.raises(ValueError, match="every term has weight 0"):
         SegmentationLoss(LossConfig(dice=0, bce=0, focal=0))(logits, target)
 

@@ -75,7 +75,9 @@ def test_lora_trains_only_adapters_and_composes(sam) -> None:
     model, _ = _model(sam, [{"name": "layernorm"}, {"name": "lora", "r": 2}])
     names = _trainable(model)
     assert any(".attn.qkv.lora_A." in n for n in names) and any(".attn.qkv.lora_B." in n for n in names)
-    assert any("layer_norm1.weight" in n for n in names), "LoRA injection must keep earlier methods' tensors trainable"
+    assert any("layer_norm1.weight" in n for n in names), (
+        "LoRA injection must keep earlier methods' tensors trainable"
+    )
     assert not any(".attn.qkv.base_layer." in n or "mask_decoder" in n for n in names)
 
 
@@ -88,7 +90,11 @@ def test_decoder_method_unfreezes_decoder_and_prompt_encoder(sam) -> None:
 
 @pytest.mark.parametrize(
     "adapters",
-    [[{"name": "lora", "r": 2, "targets": "all"}], [{"name": "lora", "r": 2, "qv": True}], [{"name": "vector_lora", "ranks": [3, 1]}]],
+    [
+        [{"name": "lora", "r": 2, "targets": "all"}],
+        [{"name": "lora", "r": 2, "qv": True}],
+        [{"name": "vector_lora", "ranks": [3, 1]}],
+    ],
 )
 def test_merge_is_equivalent(sam, adapters) -> None:
     model, cfg = _model(sam, adapters)
@@ -117,11 +123,26 @@ def test_qv_lora_starts_at_base_and_leaves_k_alone(sam) -> None:
         layer.lora_B_q.weight.fill_(1.0)
         layer.lora_B_v.weight.fill_(1.0)
     delta = layer(x) - layer.base_layer(x)
-    assert delta[:, 32:64].abs().max() == 0 and delta[:, :32].abs().max() > 0 and delta[:, 64:].abs().max() > 0
+    assert (
+        delta[:, 32:64].abs().max() == 0 and delta[:, :32].abs().max() > 0 and delta[:, 64:].abs().max() > 0
+    )
 
 
 def test_vector_lora_rank_schedules(sam) -> None:
-    assert vector_ranks(12, VectorLoraConfig(ranks=[14, 14, 12, 12, 10, 10, 8, 8, 8, 8, 8, 8])) == [14, 14, 12, 12, 10, 10, 8, 8, 8, 8, 8, 8]
+    assert vector_ranks(12, VectorLoraConfig(ranks=[14, 14, 12, 12, 10, 10, 8, 8, 8, 8, 8, 8])) == [
+        14,
+        14,
+        12,
+        12,
+        10,
+        10,
+        8,
+        8,
+        8,
+        8,
+        8,
+        8,
+    ]
     assert vector_ranks(4, VectorLoraConfig(schedule="linear", r_max=14, r_min=8)) == [14, 12, 10, 8]
     assert vector_ranks(3, VectorLoraConfig(schedule="geometric", r_max=16, r_min=4)) == [16, 8, 4]
     model, _ = _model(sam, [{"name": "vector_lora", "ranks": [5, 2]}])

@@ -9,9 +9,15 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Parameter-efficient fine-tuning of SAM on medical images.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Parameter-efficient fine-tuning of SAM on medical images.",
+)
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a config key, e.g. train.lr=3e-4")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a config key, e.g. train.lr=3e-4")
+]
 
 
 def _fail(message: str) -> None:
@@ -26,7 +32,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from medpeft.engine.trainer import NonFiniteLoss, RunDirExists
     from medpeft.models.loading import BaseModelUnavailable
 
-    return (ConfigError, DataError, CheckpointError, RunDirExists, NonFiniteLoss, BaseModelUnavailable, KeyError, ValueError)
+    return (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        RunDirExists,
+        NonFiniteLoss,
+        BaseModelUnavailable,
+        KeyError,
+        ValueError,
+    )
 
 
 def _confirm_overwrite(path: Path) -> bool:
@@ -53,7 +68,9 @@ def train(
         result = run_train(cfg, resume=resume, overwrite=overwrite)
     except _user_errors() as e:
         _fail(str(e).strip("'\""))
-    typer.echo(f"done: {result.steps} steps, best validation Dice {result.best_dice:.4f}; run in {result.run_dir}")
+    typer.echo(
+        f"done: {result.steps} steps, best validation Dice {result.best_dice:.4f}; run in {result.run_dir}"
+    )
 
 
 @app.command()
@@ -61,9 +78,15 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory")],
     data: Annotated[Path | None, typer.Option(help="Dataset root (default: the training data)")] = None,
     split: Annotated[str, typer.Option(help="train, val, test, or all")] = "test",
-    prompt: Annotated[str | None, typer.Option(help="box, point, box+point or auto (default: config)")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: <run>/eval-<split>-<prompt>)")] = None,
-    empty_score: Annotated[str | None, typer.Option(help="'one' or 'nan' for empty prediction on empty mask")] = None,
+    prompt: Annotated[
+        str | None, typer.Option(help="box, point, box+point or auto (default: config)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: <run>/eval-<split>-<prompt>)")
+    ] = None,
+    empty_score: Annotated[
+        str | None, typer.Option(help="'one' or 'nan' for empty prediction on empty mask")
+    ] = None,
 ) -> None:
     """Score a checkpoint: per-image CSV, summary JSON, table and overlays."""
     from medpeft.engine.build import build_dataset, build_splits
@@ -75,16 +98,23 @@ def evaluate(
         model, record, cfg = load_trained(checkpoint)
         splits = build_splits(cfg, data)
         _check_labels(splits.label_names, record["label_names"])
-        records = splits.train + splits.val + splits.test if split == "all" or data else getattr(splits, split)
+        records = (
+            splits.train + splits.val + splits.test if split == "all" or data else getattr(splits, split)
+        )
         if not records:
             _fail(f"the {split!r} split is empty")
         mode = prompt or cfg.prompts.eval_mode
         out = out or Path(cfg.train.output_dir) / f"eval-{split}-{mode.replace('+', '_')}"
         score = cfg.eval.empty_score if empty_score is None else empty_score
         summary = run_eval(
-            model, build_dataset(cfg, records, record["label_names"], train=False), mode, out,
-            empty_score=1.0 if score == "one" else float("nan"), threshold=cfg.eval.threshold,
-            spacing=cfg.data.spacing, surface=cfg.eval.surface_metrics,
+            model,
+            build_dataset(cfg, records, record["label_names"], train=False),
+            mode,
+            out,
+            empty_score=1.0 if score == "one" else float("nan"),
+            threshold=cfg.eval.threshold,
+            spacing=cfg.data.spacing,
+            surface=cfg.eval.surface_metrics,
         )
     except _user_errors() as e:
         _fail(str(e).strip("'\""))
@@ -103,7 +133,9 @@ def predict(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory")],
     inputs: Annotated[Path, typer.Argument(help="Image file or folder")],
     out: Annotated[Path, typer.Option(help="Output folder")] = Path("predictions"),
-    prompts: Annotated[Path | None, typer.Option(help="JSON with boxes/points per image; none = automatic")] = None,
+    prompts: Annotated[
+        Path | None, typer.Option(help="JSON with boxes/points per image; none = automatic")
+    ] = None,
 ) -> None:
     """Segment new images; writes PNG label maps and overlays."""
     from medpeft.engine.predict import predict as run_predict
@@ -111,10 +143,14 @@ def predict(
 
     try:
         model, record, cfg = load_trained(checkpoint)
-        results = run_predict(model, inputs, out, prompts, cfg.data.resize, cfg.data.normalize, cfg.eval.threshold)
+        results = run_predict(
+            model, inputs, out, prompts, cfg.data.resize, cfg.data.normalize, cfg.eval.threshold
+        )
     except _user_errors() as e:
         _fail(str(e).strip("'\""))
-    typer.echo(f"{len(results)} image(s): masks in {out}/masks, overlays in {out}/overlays (labels: {record['label_names']})")
+    typer.echo(
+        f"{len(results)} image(s): masks in {out}/masks, overlays in {out}/overlays (labels: {record['label_names']})"
+    )
 
 
 @app.command()
@@ -133,8 +169,10 @@ def info(
         model, identity = build_model(cfg, labels)
     except _user_errors() as e:
         _fail(str(e).strip("'\""))
-    typer.echo(f"base: {identity['source']} ({identity['kind']}{', random init' if identity.get('random_init') else ''}), "
-               f"input {cfg.model.image_size}x{cfg.model.image_size}, labels: {labels}")
+    typer.echo(
+        f"base: {identity['source']} ({identity['kind']}{', random init' if identity.get('random_init') else ''}), "
+        f"input {cfg.model.image_size}x{cfg.model.image_size}, labels: {labels}"
+    )
     typer.echo(parameter_report(model, cfg))
 
 

@@ -110,11 +110,22 @@ class LossConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    """Optimizer choice; ``adamw`` over all trainable tensors by default."""
+    """``adamw`` over all trainable tensors, or ``galore_adamw``: GaLore low-rank gradient projection
+    (projector ``svd``, ``srft`` or ``gaussian``) on the matrices whose names match ``targets``,
+    plain AdamW on everything else that trains."""
 
-    name: Literal["adamw"] = "adamw"
+    name: Literal["adamw", "galore_adamw"] = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    projector: Literal["svd", "srft", "gaussian"] = "srft"
+    rank: int = Field(128, ge=1)
+    update_gap: int = Field(200, ge=1)
+    scale: float = Field(0.25, gt=0)
+    proj_side: Literal["auto", "left", "right"] = "auto"
+    power_iters: int = Field(0, ge=0)
+    targets: list[str] = Field(
+        default_factory=lambda: [r"vision_encoder\.layers\.\d+\.attn\.(qkv|proj)(\.base_layer)?\.weight$"]
+    )
 
 
 class TrainConfig(_Strict):
@@ -156,7 +167,9 @@ class Config(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
-    adapters: list[dict[str, Any]] = Field(default_factory=lambda: [{"name": "lora", "r": 4}, {"name": "decoder"}])
+    adapters: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{"name": "lora", "r": 4}, {"name": "decoder"}]
+    )
     loss: LossConfig = Field(default_factory=LossConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -183,7 +196,9 @@ def method_configs(adapters: list[dict[str, Any]]) -> list[tuple[str, BaseModel]
             out.append((method.name, method.config_cls(**params)))
         except ValidationError as e:
             valid = ", ".join(method.config_cls.model_fields)
-            raise ValueError(f"adapters[{i}] ({method.name}): {_first_error(e)}; valid keys: {valid}") from None
+            raise ValueError(
+                f"adapters[{i}] ({method.name}): {_first_error(e)}; valid keys: {valid}"
+            ) from None
     return out
 
 
@@ -199,7 +214,9 @@ def _valid_keys(loc: tuple) -> list[str]:
     model: type[BaseModel] = Config
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
             return []
         model = field.annotation
     return list(model.model_fields)
@@ -215,7 +232,9 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
         key = ".".join(str(p) for p in loc)
         if err["type"] == "extra_forbidden":
             valid = _valid_keys(loc)
-            raise ConfigError(f"{source}: unknown config key {key!r}; valid keys here: {', '.join(valid)}") from None
+            raise ConfigError(
+                f"{source}: unknown config key {key!r}; valid keys here: {', '.join(valid)}"
+            ) from None
         msg = err["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{source}: {key}: {msg}" if key else f"{source}: {msg}") from None
 

@@ -12,8 +12,20 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 PALETTE = np.array(
-    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
-     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255]],
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [255, 225, 25],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+        [250, 190, 212],
+        [0, 128, 128],
+        [220, 190, 255],
+    ],
     dtype=np.float32,
 )
 
@@ -22,7 +34,9 @@ def color(i: int) -> np.ndarray:
     return PALETTE[i % len(PALETTE)]
 
 
-def overlay(image: np.ndarray, masks: np.ndarray, alpha: float = 0.45, outline: np.ndarray | None = None) -> np.ndarray:
+def overlay(
+    image: np.ndarray, masks: np.ndarray, alpha: float = 0.45, outline: np.ndarray | None = None
+) -> np.ndarray:
     """Blend binary masks [C, H, W] over an RGB uint8 image; optional ground-truth ``outline`` [C, H, W]."""
     out = image.astype(np.float32).copy()
     for c, m in enumerate(masks.astype(bool)):
@@ -39,7 +53,9 @@ def _erode(m: np.ndarray) -> np.ndarray:
     return p[1:-1, 1:-1] & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
 
 
-def save_overlay(path: Path, image: np.ndarray, masks: np.ndarray, labels: list[str], truth: np.ndarray | None = None) -> None:
+def save_overlay(
+    path: Path, image: np.ndarray, masks: np.ndarray, labels: list[str], truth: np.ndarray | None = None
+) -> None:
     """Write an overlay PNG with a legend strip naming each class present."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / max(1, image.shape[1])), dpi=100)
@@ -77,7 +93,9 @@ def plot_training_curves(history: list[dict[str, float]], path: Path) -> None:
         steps = [h["step"] for h in train]
         for key in ("loss", "dice", "bce", "focal"):
             if key in train[0]:
-                ax[0].plot(steps, [h.get(key, np.nan) for h in train], label=key, lw=1.2 if key == "loss" else 0.8)
+                ax[0].plot(
+                    steps, [h.get(key, np.nan) for h in train], label=key, lw=1.2 if key == "loss" else 0.8
+                )
         ax[0].set_xlabel("step")
         ax[0].set_ylabel("training loss")
         ax[0].legend()

@@ -98,7 +98,9 @@ def vector_ranks(num_blocks: int, cfg: VectorLoraConfig) -> list[int]:
     """Per-block ranks for Vector-LoRA."""
     if cfg.ranks is not None:
         if len(cfg.ranks) != num_blocks:
-            raise ValueError(f"vector_lora.ranks has {len(cfg.ranks)} entries but the encoder has {num_blocks} blocks")
+            raise ValueError(
+                f"vector_lora.ranks has {len(cfg.ranks)} entries but the encoder has {num_blocks} blocks"
+            )
         return list(cfg.ranks)
     if num_blocks == 1:
         return [cfg.r_max]

@@ -15,7 +15,9 @@ class QVLoraLinear(nn.Module):
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         if base.out_features % 3:
-            raise ValueError(f"q/v LoRA expects a fused qkv layer (out_features divisible by 3), got {base.out_features}")
+            raise ValueError(
+                f"q/v LoRA expects a fused qkv layer (out_features divisible by 3), got {base.out_features}"
+            )
         self.base_layer = base
         self.dim = base.out_features // 3
         self.scaling = alpha / r

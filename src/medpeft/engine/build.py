@@ -31,7 +31,9 @@ def build_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn.Modu
     if cfg.model.class_prompt == "learned":
         return LearnedClassPrompt(label_names, dim)
     if not cfg.model.text_encoder:
-        raise ConfigError("model.class_prompt is 'text' but model.text_encoder is not set (a CLIP hub id or local dir)")
+        raise ConfigError(
+            "model.class_prompt is 'text' but model.text_encoder is not set (a CLIP hub id or local dir)"
+        )
     encoder = TextEncoder(cfg.model.text_encoder, template=cfg.model.text_template)
     return TextClassPrompt(label_names, encoder, dim)
 
@@ -94,7 +96,9 @@ def merge_methods(model: nn.Module, cfg: Config) -> nn.Module:
     return model
 
 
-def make_record(cfg: Config, identity: dict[str, Any], label_names: list[str], **extra: Any) -> dict[str, Any]:
+def make_record(
+    cfg: Config, identity: dict[str, Any], label_names: list[str], **extra: Any
+) -> dict[str, Any]:
     """The JSON record stored beside every adapter file."""
     return {
         "format": "medpeft-adapter",
@@ -143,7 +147,9 @@ def build_splits(cfg: Config, root: Path | None = None) -> Splits:
     return Splits(parts["train"], parts["val"], parts["test"], labels)
 
 
-def build_dataset(cfg: Config, records: list[ImageRecord], labels: list[str], train: bool) -> SegmentationDataset:
+def build_dataset(
+    cfg: Config, records: list[ImageRecord], labels: list[str], train: bool
+) -> SegmentationDataset:
     """A dataset with training (sampled, augmented) or evaluation (deterministic) prompts."""
     return SegmentationDataset(
         records,
@@ -162,14 +168,47 @@ def build_dataset(cfg: Config, records: list[ImageRecord], labels: list[str], tr
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW over trainable tensors, without weight decay on norms, biases and embeddings."""
+    """AdamW (no weight decay on norms, biases and embeddings), or GaLore-AdamW on the targeted matrices."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append(p)
+        (no_decay if p.ndim < 2 or "embed" in name or "norm" in name else decay).append((name, p))
     if not decay and not no_decay:
         raise ConfigError("nothing to train: the configured adapters leave every tensor frozen")
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = cfg.optimizer
+    if opt.name == "galore_adamw":
+        from medpeft.optim import GaLoreAdamW, build_galore_param_groups
+
+        groups = build_galore_param_groups(
+            decay,
+            opt.targets,
+            rank=opt.rank,
+            update_gap=opt.update_gap,
+            scale=opt.scale,
+            projector=opt.projector,
+            proj_side=opt.proj_side,
+            power_iters=opt.power_iters,
+            seed=cfg.train.seed,
+            weight_decay=cfg.train.weight_decay,
+        )
+        if not any(g.get("galore") for g in groups):
+            raise ConfigError(
+                f"optimizer.targets {opt.targets} match no trainable weight matrix; nothing to project"
+            )
+        if no_decay:
+            groups.append(
+                {
+                    "params": [p for _, p in no_decay],
+                    "param_names": [n for n, _ in no_decay],
+                    "weight_decay": 0.0,
+                    "galore": False,
+                }
+            )
+        return GaLoreAdamW(groups, lr=cfg.train.lr, betas=opt.betas, eps=opt.eps)
+    groups = [
+        {"params": [p for _, p in decay], "weight_decay": cfg.train.weight_decay},
+        {"params": [p for _, p in no_decay], "weight_decay": 0.0},
+    ]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=cfg.optimizer.betas, eps=cfg.optimizer.eps)
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=opt.betas, eps=opt.eps)

@@ -110,7 +110,9 @@ def load_adapter_tensors(model: nn.Module, directory: Path) -> None:
     with torch.no_grad():
         for name, value in tensors.items():
             if params[name].shape != value.shape:
-                raise CheckpointError(f"{path}: {name} has shape {list(value.shape)}, model expects {list(params[name].shape)}")
+                raise CheckpointError(
+                    f"{path}: {name} has shape {list(value.shape)}, model expects {list(params[name].shape)}"
+                )
             params[name].copy_(value)
 
 
@@ -139,4 +141,6 @@ def resolve_checkpoint(path: Path | str, prefer: str = "best") -> Path:
         ckpt = resolve_pointer(path, pointer)
         if ckpt is not None and (ckpt / RECORD_FILE).is_file():
             return ckpt
-    raise CheckpointError(f"no medpeft checkpoint at {path} (expected {RECORD_FILE} or a run directory with best.json)")
+    raise CheckpointError(
+        f"no medpeft checkpoint at {path} (expected {RECORD_FILE} or a run directory with best.json)"
+    )

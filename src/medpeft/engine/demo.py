@@ -29,15 +29,20 @@ def run_demo(output: Path, data: Path, overrides: list[str]) -> dict[str, Any]:
     model, record, cfg = load_trained(result.run_dir)
     splits = build_splits(cfg)
     dataset = build_dataset(cfg, splits.test, record["label_names"], train=False)
-    summary: dict[str, Any] = {"base_model": record["base_model"], "train_steps": result.steps,
-                               "best_val_dice": result.best_dice}
+    summary: dict[str, Any] = {
+        "base_model": record["base_model"],
+        "train_steps": result.steps,
+        "best_val_dice": result.best_dice,
+    }
     for mode in ("box", "auto"):
         s = evaluate(model, dataset, mode, output / f"eval-test-{mode}", spacing=cfg.data.spacing)
         print(format_table(s))
         summary[f"test_dice_{mode}"] = s["mean"]["dice"]
     base = record["base_model"]
     if base.get("random_init"):
-        summary["note"] = (f"RANDOM-INIT base ({base['source']}, fallback from {base.get('fallback_from')}); "
-                           "these numbers are not those of a pretrained SAM")
+        summary["note"] = (
+            f"RANDOM-INIT base ({base['source']}, fallback from {base.get('fallback_from')}); "
+            "these numbers are not those of a pretrained SAM"
+        )
     summary["pictures"] = [str(output / "curves.png"), str(output / "eval-test-box" / "overlays")]
     return summary

@@ -57,11 +57,22 @@ def evaluate(
                 scores["assd"] = assd_per_class(pred[None], truth[None], px)[0]
                 scores["hd95"] = hd95_per_class(pred[None], truth[None], px)[0]
             for c, name in enumerate(labels):
-                row = {"image": meta["stem"], "label": name, "gt_pixels": int(truth[c].sum()), "pred_pixels": int(pred[c].sum())}
+                row = {
+                    "image": meta["stem"],
+                    "label": name,
+                    "gt_pixels": int(truth[c].sum()),
+                    "pred_pixels": int(pred[c].sum()),
+                }
                 row.update({k: float(v[c]) for k, v in scores.items()})
                 rows.append(row)
             if out_dir is not None and n_overlays < overlays:
-                save_overlay(out_dir / "overlays" / f"{meta['stem']}.png", load_image(meta["path"]), pred, labels, truth)
+                save_overlay(
+                    out_dir / "overlays" / f"{meta['stem']}.png",
+                    load_image(meta["path"]),
+                    pred,
+                    labels,
+                    truth,
+                )
                 n_overlays += 1
             bar.update(1)
     bar.close()
@@ -91,8 +102,13 @@ def summarize_rows(rows: list[dict[str, Any]], labels: list[str], mode: str, uni
         vals = np.array([per_class[n][m] for n in labels], dtype=np.float64)
         vals = vals[np.isfinite(vals)]
         mean[m] = float(vals.mean()) if vals.size else math.nan
-    return {"prompt_mode": mode, "images": len({r["image"] for r in rows}), "distance_units": units,
-            "per_class": per_class, "mean": mean}
+    return {
+        "prompt_mode": mode,
+        "images": len({r["image"] for r in rows}),
+        "distance_units": units,
+        "per_class": per_class,
+        "mean": mean,
+    }
 
 
 def write_results(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
@@ -108,7 +124,11 @@ def write_results(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
 def format_table(summary: dict[str, Any]) -> str:
     """A plain-text table of per-class and mean metrics."""
     head = f"{'label':<24}{'n':>5}{'Dice':>9}{'IoU':>9}{'ASSD':>9}{'HD95':>9}"
-    lines = [f"prompts: {summary['prompt_mode']}   distances in {summary['distance_units']}", head, "-" * len(head)]
+    lines = [
+        f"prompts: {summary['prompt_mode']}   distances in {summary['distance_units']}",
+        head,
+        "-" * len(head),
+    ]
 
     def fmt(v: float) -> str:
         return f"{v:9.3f}" if isinstance(v, float) and math.isfinite(v) else f"{'-':>9}"

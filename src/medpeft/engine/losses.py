@@ -18,7 +18,9 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return (1.0 - (2.0 * inter + smooth) / (denom + smooth)).mean()
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.25) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, alpha: float = 0.25
+) -> torch.Tensor:
     """Sigmoid focal loss (Lin et al.) computed from logits with a single sigmoid."""
     ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     prob = torch.sigmoid(logits)
@@ -44,7 +46,9 @@ class SegmentationLoss(nn.Module):
         if self.cfg.bce:
             terms["bce"] = self.cfg.bce * F.binary_cross_entropy_with_logits(logits, target)
         if self.cfg.focal:
-            terms["focal"] = self.cfg.focal * focal_loss(logits, target, self.cfg.focal_gamma, self.cfg.focal_alpha)
+            terms["focal"] = self.cfg.focal * focal_loss(
+                logits, target, self.cfg.focal_gamma, self.cfg.focal_alpha
+            )
         if not terms:
             raise ValueError("loss: every term has weight 0; set loss.dice, loss.bce or loss.focal")
         total = torch.stack(list(terms.values())).sum()

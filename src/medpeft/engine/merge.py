@@ -35,8 +35,15 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
         head = {n: p.detach().contiguous() for n, p in model.class_prompt.state_dict().items()}
         save_file(head, str(out / HEAD_FILE))
     (out / HEAD_RECORD).write_text(
-        json.dumps({"label_names": model.label_names, "class_prompt": record["class_prompt"], "merged_from": str(checkpoint),
-                    "max_abs_logit_difference": diff}, indent=2)
+        json.dumps(
+            {
+                "label_names": model.label_names,
+                "class_prompt": record["class_prompt"],
+                "merged_from": str(checkpoint),
+                "max_abs_logit_difference": diff,
+            },
+            indent=2,
+        )
     )
     return diff
 

@@ -42,14 +42,20 @@ def read_prompt_file(path: Path | None, labels: list[str]) -> dict[str, dict[str
         for kind in ("boxes", "points"):
             for label in (entry or {}).get(kind, {}):
                 if label not in labels:
-                    raise DataError(f"{path}: image {image!r} has a prompt for unknown label {label!r}; labels: {labels}")
+                    raise DataError(
+                        f"{path}: image {image!r} has a prompt for unknown label {label!r}; labels: {labels}"
+                    )
     return data
 
 
-def image_prompts(entry: dict[str, Any] | None, labels: list[str], meta: dict[str, Any]) -> tuple[Prompts, str]:
+def image_prompts(
+    entry: dict[str, Any] | None, labels: list[str], meta: dict[str, Any]
+) -> tuple[Prompts, str]:
     """Prompts for one image in the model's input frame; automatic mode when the entry has none."""
     c = len(labels)
-    scale = np.array(meta["resized_size"][::-1], np.float32) / np.array(meta["original_size"][::-1], np.float32)
+    scale = np.array(meta["resized_size"][::-1], np.float32) / np.array(
+        meta["original_size"][::-1], np.float32
+    )
     entry = entry or {}
     boxes_in, points_in = entry.get("boxes", {}), entry.get("points", {})
     prompts = Prompts(class_ids=torch.arange(c)[None])
@@ -104,6 +110,12 @@ def predict(
         masks = prob > threshold
         save_label_map(out_dir / "masks" / f"{path.stem}.png", masks, prob)
         save_overlay(out_dir / "overlays" / f"{path.stem}.png", image, masks, labels)
-        results.append({"image": str(path), "prompt_mode": mode, "pixels": {n: int(m.sum()) for n, m in zip(labels, masks, strict=True)}})
+        results.append(
+            {
+                "image": str(path),
+                "prompt_mode": mode,
+                "pixels": {n: int(m.sum()) for n, m in zip(labels, masks, strict=True)},
+            }
+        )
     (out_dir / "predictions.json").write_text(json.dumps({"labels": labels, "images": results}, indent=2))
     return results

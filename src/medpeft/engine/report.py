@@ -36,9 +36,27 @@ def trainable_share(model: nn.Module) -> tuple[int, int]:
 
 def parameter_report(model: nn.Module, cfg: Config) -> str:
     """A table of trainable parameters per part, and the total as a share of the whole model."""
-    lines = [f"methods: {', '.join(a['name'] for a in cfg.adapters)}", f"{'part':<24}{'trainable':>14}{'total':>14}{'share':>9}"]
+    lines = [
+        f"methods: {', '.join(a['name'] for a in cfg.adapters)}",
+        f"{'part':<24}{'trainable':>14}{'total':>14}{'share':>9}",
+    ]
     for g, (t, n) in parameter_counts(model).items():
         lines.append(f"{g:<24}{t:>14,}{n:>14,}{100 * t / n:>8.3f}%")
     t, n = trainable_share(model)
     lines.append(f"{'whole model':<24}{t:>14,}{n:>14,}{100 * t / n:>8.3f}%")
+    lines.append(optimizer_report(model, cfg))
     return "\n".join(lines)
+
+
+def optimizer_report(model: nn.Module, cfg: Config) -> str:
+    """Optimizer state size (numbers) of the configured optimizer against plain AdamW's."""
+    from medpeft.engine.build import build_optimizer
+    from medpeft.optim import adamw_state_numel, optimizer_state_numel
+
+    optimizer = build_optimizer(cfg, model)
+    adamw = adamw_state_numel([p for p in model.parameters() if p.requires_grad])
+    state = optimizer_state_numel(optimizer) if cfg.optimizer.name != "adamw" else adamw
+    line = f"optimizer {cfg.optimizer.name}: state {state:,} numbers vs AdamW {adamw:,} ({100 * state / max(1, adamw):.1f}%)"
+    if cfg.optimizer.name == "galore_adamw":
+        line += f"; projector {cfg.optimizer.projector}, rank {cfg.optimizer.rank}, refresh every {cfg.optimizer.update_gap} steps"
+    return line

@@ -8,7 +8,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 
-def lr_factor(step: int, total: int, warmup: int, kind: str, power: float = 0.9, min_ratio: float = 0.0) -> float:
+def lr_factor(
+    step: int, total: int, warmup: int, kind: str, power: float = 0.9, min_ratio: float = 0.0
+) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` (0-based)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup

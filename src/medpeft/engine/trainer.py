@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from medpeft.adapters.svd import svd_penalty
 from medpeft.config import Config, dump_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_dataset, build_model, build_optimizer, build_splits, make_record
@@ -76,7 +77,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
     run_dir = Path(cfg.train.output_dir)
     resuming = prepare_run_dir(run_dir, resume, overwrite)
     accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.train.grad_accum, cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision
+        gradient_accumulation_steps=cfg.train.grad_accum,
+        cpu=cfg.train.cpu,
+        mixed_precision=cfg.train.mixed_precision,
     )
     set_seed(cfg.train.seed)
     splits = build_splits(cfg)
@@ -93,7 +96,11 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps is not None:
         total_steps = min(total_steps, cfg.train.max_steps)
-    warmup = cfg.train.warmup_steps if cfg.train.warmup_steps is not None else int(cfg.train.warmup_frac * total_steps)
+    warmup = (
+        cfg.train.warmup_steps
+        if cfg.train.warmup_steps is not None
+        else int(cfg.train.warmup_frac * total_steps)
+    )
     scheduler = build_scheduler(
         optimizer, total_steps, warmup, cfg.train.schedule, cfg.train.poly_power, cfg.train.min_lr_ratio
     )
@@ -139,7 +146,13 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
             ckpt.commit_checkpoint(run_dir, directory, "best")
         return directory
 
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not (progress and accelerator.is_main_process))
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc="train",
+        unit="step",
+        disable=not (progress and accelerator.is_main_process),
+    )
     t0 = time.perf_counter()
     epoch = start_epoch
     while step < total_steps and epoch < cfg.train.epochs:
@@ -147,8 +160,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
         train_ds.set_epoch(epoch)
         generator = torch.Generator().manual_seed(cfg.train.seed * 7919 + epoch)
         loader = DataLoader(
-            train_ds, batch_size=cfg.train.batch_size, shuffle=True, generator=generator,
-            num_workers=cfg.train.num_workers, drop_last=False,
+            train_ds,
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=cfg.train.num_workers,
+            drop_last=False,
         )
         loader = accelerator.prepare(loader)
         done_in_epoch = step - epoch * steps_per_epoch
@@ -163,6 +180,10 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
             with accelerator.accumulate(model):
                 logits = model(batch["image"], Prompts.from_batch(batch, mode))
                 loss, terms = loss_fn(logits, batch["masks"])
+                penalty = svd_penalty(model)
+                if penalty.requires_grad:
+                    loss = loss + penalty
+                    terms["svd_reg"] = float(penalty.detach())
                 if not torch.isfinite(loss):
                     bar.close()
                     raise NonFiniteLoss(
@@ -170,7 +191,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
                         f"checkpoint is {ckpt.resolve_pointer(run_dir, 'last')}; lower train.lr or check the data"
                     )
                 accelerator.backward(loss)
-                for k, v in dict(terms, loss=float(loss)).items():
+                for k, v in dict(terms, loss=float(loss.detach())).items():
                     terms_acc[k] = terms_acc.get(k, 0.0) + v
                 micro += 1
                 if accelerator.sync_gradients and cfg.train.max_grad_norm:
@@ -183,14 +204,20 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
                 continue
             step += 1
             row = {k: v / micro for k, v in terms_acc.items()}
-            row.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], seconds=time.perf_counter() - t0)
+            row.update(
+                step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], seconds=time.perf_counter() - t0
+            )
             history.append(row)
             terms_acc, micro = {}, 0
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
             if accelerator.is_main_process and (step % cfg.train.log_every == 0 or step == total_steps):
                 _log(log_path, writer, row)
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and accelerator.is_main_process:
+            if (
+                cfg.train.checkpoint_every
+                and step % cfg.train.checkpoint_every == 0
+                and accelerator.is_main_process
+            ):
                 save("last", epoch)
             if step >= total_steps:
                 break
@@ -202,7 +229,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
         if accelerator.is_main_process:
             val_dice = None
             if val_ds is not None and is_val_epoch:
-                val_dice = validate(accelerator.unwrap_model(model), val_ds, cfg.prompts.eval_mode, cfg.train.batch_size)
+                val_dice = validate(
+                    accelerator.unwrap_model(model), val_ds, cfg.prompts.eval_mode, cfg.train.batch_size
+                )
                 history.append({"step": step, "epoch": epoch, "val_dice": val_dice})
                 _log(log_path, writer, history[-1])
                 bar.write(f"epoch {epoch}: validation Dice {val_dice:.4f} ({cfg.prompts.eval_mode} prompts)")

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import torch
 from huggingface_hub import constants as hub_constants
+from torch import nn
 from transformers import SamConfig, SamModel
 
 from .convert import (
@@ -44,13 +45,22 @@ def weights_sha256(model: torch.nn.Module | Mapping[str, torch.Tensor]) -> str:
 
 
 def build_sam(config: SamConfig) -> SamModel:
-    """A randomly initialised `SamModel` (torch's current RNG), in eval mode.
+    """A randomly initialised `SamModel` (torch's current RNG), in eval mode, initialised as the
+    original segment-anything code trains from scratch.
 
-    The prompt positional-encoding matrix is drawn from N(0, 1) as in the original SAM
-    (transformers uses std = vision width / 2, which makes the encoding pure noise).
+    transformers' N(0, 0.02) init makes a fresh SAM's mask logits ~1e-5 with gradients to match, so a
+    random-init preset barely trains; here every layer gets PyTorch's default init (as segment-anything
+    uses), ``pos_embed``/``rel_pos`` start at zero, and the prompt positional-encoding matrix is drawn
+    from N(0, 1) (transformers uses std = vision width / 2, which makes the encoding pure noise).
     """
     model = SamModel(config)
     with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d, nn.Embedding, nn.LayerNorm)):
+                module.reset_parameters()
+        for name, param in model.named_parameters():
+            if name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w")):
+                param.zero_()
         model.shared_image_embedding.positional_embedding.normal_(0.0, 1.0)  # tied to the prompt encoder
     return model.eval()
 
