@@ -1,4 +1,5 @@
 VENV ?= .venv
+DEMO_FLAGS ?=
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export HF_HUB_DISABLE_TELEMETRY := 1
@@ -15,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 venv: $(VENV)/.installed
 
 demo: venv
-	$(VENV)/bin/medpeft demo --output runs/demo
+	$(VENV)/bin/medpeft demo --output runs/demo $(DEMO_FLAGS)
 
 test: venv
 	$(PY) -m pytest

@@ -6,10 +6,16 @@ side, rank ``--rank``; median over repeats) on stand-in gradients with a decayin
 (``U diag(s) V^T``, Haar-random ``U``, ``V``), and reports the speed-up over the SVD and the
 fraction of gradient energy kept (``||P P^T G||_F^2 / ||G||_F^2``) relative to the SVD's.
 
-    python benchmarks/projectors.py --quick --out results/projectors.json
+It then fine-tunes a small random-init SAM preset on a seeded subset of Kvasir-SEG
+(``../shared/data/kvasir-seg``; skipped with a message when absent) three times with the same seed,
+steps and data: AdamW, GaLore-SVD and GaLore-SRFT on the encoder attention ``qkv`` / ``proj``
+weights (``adapters: [{name: full}]``), recording loss and validation-Dice curves, final Dice and
+optimizer state size, and checks the issue's targets (met / not met).
 
-On a shared or oversubscribed CPU pass ``--threads 1``: MKL's multi-threaded SVD then slows down
-by up to ~100x (spinning threads), which would exaggerate the sketches' advantage.
+    python benchmarks/projectors.py --quick --threads 1 --out results/galore_projectors.json
+
+Threads default to 1: on a shared or oversubscribed CPU, MKL's multi-threaded SVD slows down by up
+to ~100x (spinning threads), which would exaggerate the sketches' advantage.
 
 Shapes are ``nn.Linear`` weights ``[out, in]``. Hiera-L (SAM2 / SAM2.1 Large trunk): embed dim 144,
 stages (2, 6, 36, 4), widths 144/288/576/1152, MLP ratio 4; the first block of a stage maps the
@@ -20,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
+import re
 import statistics
 import sys
 import time
@@ -30,7 +38,13 @@ from typing import Any
 
 import torch
 
-from medpeft.optim.projectors import captured_energy, compute_basis, make_generator, resolve_side
+from medpeft.optim.projectors import (
+    captured_energy,
+    compute_basis,
+    effective_rank,
+    make_generator,
+    resolve_side,
+)
 
 METHODS: tuple[str, ...] = ("svd", "srft", "gaussian")
 
@@ -159,13 +173,265 @@ def model_totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"model": m, "method": k, "seconds": s} for (m, k), s in totals.items()]
 
 
-def training_curves(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Training-curve comparison of the projectors (loss vs step and wall time) on a real fine-tune.
+TRAIN_RUNS: tuple[tuple[str, str | None], ...] = (
+    ("adamw", None),
+    ("galore-svd", "svd"),
+    ("galore-srft", "srft"),
+)
+ATTN_TARGET = r"vision_encoder\.layers\.\d+\.attn\.(qkv|proj)\.weight$"
+DEFAULT_TRAIN_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "kvasir-seg"
 
-    Placeholder for the trainer-based part; returns ``None`` until it exists. It receives the parsed
-    arguments and returns a JSON-serialisable dict stored under ``"training"`` in the output.
+
+def matrix_state_numel(shape: tuple[int, int], rank: int | None) -> int:
+    """Optimizer state numbers of one ``[m, n]`` matrix: AdamW (``rank`` None) ``2 m n``; GaLore
+    ``2 r max(m, n) + r min(m, n)`` (moments projected on the smaller side, plus the basis)."""
+    m, n = shape
+    if rank is None:
+        return 2 * m * n
+    r = effective_rank(shape, rank)
+    return 2 * r * max(m, n) + r * min(m, n)
+
+
+def attention_state_share(rank: int) -> list[dict[str, Any]]:
+    """GaLore / AdamW state of the encoder attention ``qkv`` + ``proj`` weights of SAM ViT-B and ViT-H."""
+    out = []
+    for model in ("SAM ViT-B", "SAM ViT-H"):
+        layers = [la for la in LAYERS if la.model == model and la.layer in ("attn.qkv", "attn.proj")]
+        galore = sum(la.count * matrix_state_numel(la.shape, rank) for la in layers)
+        adamw = sum(la.count * matrix_state_numel(la.shape, None) for la in layers)
+        out.append({"model": model, "rank": rank, "galore": galore, "adamw": adamw, "share": galore / adamw})
+    return out
+
+
+def _subset_split(root: Path, n_train: int, n_val: int, seed: int, path: Path) -> Path:
+    """Write a split file with a seeded random subset of ``n_train`` + ``n_val`` images of ``root``."""
+    from medpeft.data.readers import read_dataset
+    from medpeft.data.splits import save_split_file
+
+    records, _ = read_dataset(root)
+    if n_train + n_val > len(records):
+        raise SystemExit(f"{root} has {len(records)} images, fewer than --train-images + --val-images")
+    ordered = sorted(records, key=lambda r: str(r.image))
+    order = torch.randperm(len(ordered), generator=torch.Generator().manual_seed(seed)).tolist()
+    pick = [ordered[i] for i in order[: n_train + n_val]]
+    save_split_file({"train": pick[:n_train], "val": pick[n_train:], "test": []}, path)
+    return path
+
+
+def _train_config(args: argparse.Namespace, root: Path, split: Path, out: Path, projector: str | None) -> Any:
+    from medpeft.config import parse_config
+
+    optimizer: dict[str, Any] = {"name": "adamw"}
+    if projector is not None:
+        optimizer = {
+            "name": "galore_adamw",
+            "projector": projector,
+            "rank": args.train_rank,
+            "update_gap": args.train_gap,
+            "scale": 0.25,
+            "targets": [ATTN_TARGET],
+        }
+    return parse_config(
+        {
+            "model": {"base": args.train_model, "image_size": args.train_size},
+            "data": {"root": str(root), "split_file": str(split)},
+            "prompts": {"train_modes": {"box": 0.5, "point": 0.5}, "eval_mode": "box"},
+            "adapters": [{"name": "full"}],
+            "optimizer": optimizer,
+            "train": {
+                "output_dir": str(out),
+                "epochs": args.train_epochs,
+                "batch_size": args.train_batch,
+                "lr": args.train_lr,
+                "warmup_steps": 0,
+                "schedule": "cosine",
+                "log_every": 10**6,
+                "seed": 0,
+                "cpu": args.device == "cpu",
+            },
+        },
+        source="benchmark",
+    )
+
+
+def _state_sizes(cfg: Any, labels: list[str]) -> dict[str, int]:
+    """State numbers (all trainable tensors, and the GaLore-covered matrices alone) vs plain AdamW."""
+    from medpeft.engine.build import build_model, build_optimizer
+    from medpeft.optim import adamw_state_numel, optimizer_state_numel
+
+    model, _ = build_model(cfg, labels, announce=False)
+    optimizer = build_optimizer(cfg, model)
+    adamw = adamw_state_numel([p for p in model.parameters() if p.requires_grad])
+    state = optimizer_state_numel(optimizer) if cfg.optimizer.name == "galore_adamw" else adamw
+    covered = [p for g in optimizer.param_groups if g.get("galore") for p in g["params"]]
+    rank = cfg.optimizer.rank if covered else None
+    if not covered:  # AdamW: the same matrices GaLore would cover, for comparison
+        covered = [p for n, p in model.named_parameters() if p.requires_grad and re.search(ATTN_TARGET, n)]
+    return {
+        "state": state,
+        "adamw": adamw,
+        "covered_state": sum(matrix_state_numel(tuple(p.shape), rank) for p in covered),
+        "covered_adamw": sum(matrix_state_numel(tuple(p.shape), None) for p in covered),
+    }
+
+
+def training_curves(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Short fine-tunes with AdamW, GaLore-SVD and GaLore-SRFT (same seed, steps and data).
+
+    Full fine-tuning (``adapters: [{name: full}]``) of a random-init preset on a seeded subset of
+    Kvasir-SEG; GaLore projects the encoder attention ``qkv`` / ``proj`` weights. Returns loss and
+    validation-Dice curves, final Dice, wall time and optimizer state size per run, or ``None``
+    (with a message) when the data is absent or ``--skip-training`` is given.
     """
-    return None
+    import tempfile
+
+    from medpeft.engine.trainer import train
+
+    if args.skip_training:
+        return None
+    root = Path(args.train_data)
+    if not (root / "images").is_dir():
+        print(
+            f"# training part skipped: {root} is absent (Kvasir-SEG lives at ../shared/data)", file=sys.stderr
+        )
+        return None
+    runs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="medpeft-galore-bench-") as tmp:
+        split = _subset_split(root, args.train_images, args.val_images, 0, Path(tmp) / "split.json")
+        for name, projector in TRAIN_RUNS:
+            if name not in args.train_runs:
+                continue
+            cfg = _train_config(args, root, split, Path(tmp) / name, projector)
+            start = time.perf_counter()
+            result = train(cfg, progress=False)
+            seconds = time.perf_counter() - start
+            losses = [(int(h["step"]), float(h["loss"])) for h in result.history if "loss" in h]
+            dice = [(int(h["step"]), float(h["val_dice"])) for h in result.history if "val_dice" in h]
+            per_epoch = math.ceil(args.train_images / args.train_batch)
+            runs[name] = {
+                "projector": projector,
+                "steps": result.steps,
+                "seconds": seconds,
+                "loss": losses,
+                "val_dice": dice,
+                "final_dice": dice[-1][1] if dice else None,
+                "best_dice": max(d for _, d in dice) if dice else None,
+                "last3_dice": statistics.fmean(d for _, d in dice[-3:]) if dice else None,
+                "first_epoch_loss": statistics.fmean(v for _, v in losses[:per_epoch]),
+                "last_epoch_loss": statistics.fmean(v for _, v in losses[-per_epoch:]),
+                "state_numel": _state_sizes(cfg, ["foreground"]),
+            }
+            print(
+                f"  trained {name}: {result.steps} steps in {seconds:.0f} s, final Dice {runs[name]['final_dice']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
+    config = {
+        "data": str(root),
+        "model": args.train_model,
+        "image_size": args.train_size,
+        "train_images": args.train_images,
+        "val_images": args.val_images,
+        "epochs": args.train_epochs,
+        "batch_size": args.train_batch,
+        "lr": args.train_lr,
+        "schedule": "cosine, no warm-up",
+        "prompts": "train box/point 50/50, validation box",
+        "adapters": "full",
+        "galore": {
+            "rank": args.train_rank,
+            "update_gap": args.train_gap,
+            "scale": 0.25,
+            "targets": ATTN_TARGET,
+        },
+    }
+    return {"config": config, "runs": runs}
+
+
+def check_targets(
+    rows: list[dict[str, Any]], training: dict[str, Any] | None, rank: int
+) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and met / not met (``None``: not measured)."""
+    out = []
+    vit = [r for r in rows if r["model"] in ("SAM ViT-B", "SAM ViT-H") and r["method"] == "srft"]
+    if vit:
+        worst = min(vit, key=lambda r: r["speedup_vs_svd"])
+        shapes = sorted({f"{r['model']} {r['layer']} {'x'.join(map(str, r['shape']))}" for r in vit})
+        out.append(
+            {
+                "target": "SRFT refresh >= 30x faster than SVD on every ViT-B/ViT-H shape",
+                "measured": f"min {worst['speedup_vs_svd']:.1f}x ({worst['model']} {worst['layer']}); "
+                f"shapes measured: {', '.join(shapes)}",
+                "met": worst["speedup_vs_svd"] >= 30.0,
+            }
+        )
+    shares = attention_state_share(rank)
+    out.append(
+        {
+            "target": "optimizer state of covered weights <= 30% of AdamW's",
+            "measured": "; ".join(
+                f"{s['model']} attn qkv+proj at rank {rank}: {100 * s['share']:.1f}%" for s in shares
+            ),
+            "met": all(s["share"] <= 0.30 for s in shares),
+        }
+    )
+    runs = training["runs"] if training else {}
+    if "galore-srft" in runs and "galore-svd" in runs:
+        srft = runs["galore-srft"]["state_numel"]
+        out[-1]["measured"] += (
+            f"; benchmark run ({training['config']['model']}, rank {training['config']['galore']['rank']}): "
+            f"{100 * srft['covered_state'] / srft['covered_adamw']:.1f}%"
+        )
+        out[-1]["met"] = out[-1]["met"] and srft["covered_state"] <= 0.30 * srft["covered_adamw"]
+        gap = runs["galore-srft"]["final_dice"] - runs["galore-svd"]["final_dice"]
+        out.append(
+            {
+                "target": "final Dice of GaLore-SRFT within 2 points of GaLore-SVD",
+                "measured": f"SRFT {runs['galore-srft']['final_dice']:.4f} vs SVD {runs['galore-svd']['final_dice']:.4f} "
+                f"({100 * gap:+.2f} points)",
+                "met": abs(gap) <= 0.02,
+            }
+        )
+    else:
+        out.append(
+            {
+                "target": "final Dice of GaLore-SRFT within 2 points of GaLore-SVD",
+                "measured": "not run",
+                "met": None,
+            }
+        )
+    return out
+
+
+def print_training(training: dict[str, Any]) -> None:
+    runs = training["runs"]
+    print()
+    print(f"training: {json.dumps(training['config'])}")
+    header = (
+        f"{'run':<12} {'steps':>5} {'loss ep1':>9} {'loss last':>9} {'final Dice':>10} {'best Dice':>9} "
+        f"{'last-3 Dice':>11} {'s':>6} {'state':>10} {'% AdamW':>8} {'covered':>9} {'% AdamW':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for name, r in runs.items():
+        st = r["state_numel"]
+        print(
+            f"{name:<12} {r['steps']:>5} {r['first_epoch_loss']:>9.4f} {r['last_epoch_loss']:>9.4f} "
+            f"{r['final_dice']:>10.4f} {r['best_dice']:>9.4f} {r['last3_dice']:>11.4f} {r['seconds']:>6.0f} {st['state']:>10,} "
+            f"{100 * st['state'] / st['adamw']:>7.1f}% {st['covered_state']:>9,} "
+            f"{100 * st['covered_state'] / st['covered_adamw']:>7.1f}%"
+        )
+    print("validation Dice by epoch:")
+    for name, r in runs.items():
+        print(f"  {name:<12} " + " ".join(f"{d:.3f}" for _, d in r["val_dice"]))
+
+
+def print_targets(targets: list[dict[str, Any]]) -> None:
+    print()
+    print("targets:")
+    for t in targets:
+        status = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
+        print(f"  [{status}] {t['target']}: {t['measured']}")
 
 
 def print_table(rows: list[dict[str, Any]], totals: list[dict[str, Any]]) -> None:
@@ -192,9 +458,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spectrum", default="power:1.0", help="power:<a> (s_i = i^-a) or exp:<t>")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5, --quick 3)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's)")
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     parser.add_argument("--out", type=Path, default=Path("results/projectors.json"))
+    parser.add_argument("--skip-refresh", action="store_true", help="only the training comparison")
+    train = parser.add_argument_group("training comparison (AdamW vs GaLore-SVD vs GaLore-SRFT)")
+    train.add_argument("--skip-training", action="store_true", help="only the refresh benchmark")
+    train.add_argument("--train-data", type=Path, default=DEFAULT_TRAIN_DATA, help="Kvasir-SEG folder")
+    train.add_argument("--train-model", default="sam-mini", help="SAM preset (random init)")
+    train.add_argument("--train-size", type=int, default=128, help="input size (multiple of 16)")
+    train.add_argument("--train-images", type=int, default=160, help="training images (seeded subset)")
+    train.add_argument("--val-images", type=int, default=40, help="validation images (seeded subset)")
+    train.add_argument("--train-epochs", type=int, default=12)
+    train.add_argument("--train-batch", type=int, default=4)
+    train.add_argument("--train-lr", type=float, default=1e-3)
+    train.add_argument(
+        "--train-rank", type=int, default=32, help="GaLore rank (sam-mini width 192 ~ ViT-B 768 at 128)"
+    )
+    train.add_argument(
+        "--train-gap", type=int, default=20, help="GaLore update_gap (steps between refreshes)"
+    )
+    train.add_argument(
+        "--train-runs",
+        type=lambda v: v.split(","),
+        default=[name for name, _ in TRAIN_RUNS],
+        help="comma-separated subset of " + ",".join(name for name, _ in TRAIN_RUNS),
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 5
@@ -213,11 +502,25 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "platform": platform.platform(),
     }
-    print(f"# refresh benchmark: {json.dumps(config)}", file=sys.stderr, flush=True)
-    rows = bench_refresh(args)
-    totals = model_totals(rows)
-    print_table(rows, totals)
-    result = {"config": config, "refresh": rows, "model_totals": totals, "training": training_curves(args)}
+    rows: list[dict[str, Any]] = []
+    totals: list[dict[str, Any]] = []
+    if not args.skip_refresh:
+        print(f"# refresh benchmark: {json.dumps(config)}", file=sys.stderr, flush=True)
+        rows = bench_refresh(args)
+        totals = model_totals(rows)
+        print_table(rows, totals)
+    training = training_curves(args)
+    if training:
+        print_training(training)
+    targets = check_targets(rows, training, args.rank)
+    print_targets(targets)
+    result = {
+        "config": config,
+        "refresh": rows,
+        "model_totals": totals,
+        "training": training,
+        "targets": targets,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

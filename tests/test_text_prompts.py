@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
 
+from clip_fixtures import save_tiny_clip
 from medpeft.models.text import LearnedClassPrompt, TextClassPrompt, TextEncoder, build_class_prompt
 
 LABELS = ["liver", "right_kidney", "spleen"]
@@ -18,27 +17,7 @@ DIM = 24
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A character-level CLIP BPE vocabulary (no merges) and a 2-layer text model, saved offline."""
-    letters = list(string.ascii_lowercase)
-    tokens = letters + [c + "</w>" for c in letters] + ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {tok: i for i, tok in enumerate(tokens)}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    config = CLIPTextConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        projection_dim=16,
-        bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_clip")
-    CLIPTextModelWithProjection(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 @pytest.fixture(scope="module")
