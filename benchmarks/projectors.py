@@ -356,12 +356,18 @@ def check_targets(
     vit = [r for r in rows if r["model"] in ("SAM ViT-B", "SAM ViT-H") and r["method"] == "srft"]
     if vit:
         worst = min(vit, key=lambda r: r["speedup_vs_svd"])
-        shapes = sorted({f"{r['model']} {r['layer']} {'x'.join(map(str, r['shape']))}" for r in vit})
+        measured = {(r["model"], r["layer"]) for r in vit}
+        missing = [
+            f"{la.model} {la.layer}"
+            for la in LAYERS
+            if la.model in ("SAM ViT-B", "SAM ViT-H") and (la.model, la.layer) not in measured
+        ]
         out.append(
             {
                 "target": "SRFT refresh >= 30x faster than SVD on every ViT-B/ViT-H shape",
-                "measured": f"min {worst['speedup_vs_svd']:.1f}x ({worst['model']} {worst['layer']}); "
-                f"shapes measured: {', '.join(shapes)}",
+                "measured": f"min {worst['speedup_vs_svd']:.1f}x ({worst['model']} {worst['layer']}) over "
+                f"{len(vit)} shapes"
+                + (f"; not measured (drop --quick): {', '.join(missing)}" if missing else ""),
                 "met": worst["speedup_vs_svd"] >= 30.0,
             }
         )
@@ -388,8 +394,10 @@ def check_targets(
             {
                 "target": "final Dice of GaLore-SRFT within 2 points of GaLore-SVD",
                 "measured": f"SRFT {runs['galore-srft']['final_dice']:.4f} vs SVD {runs['galore-svd']['final_dice']:.4f} "
-                f"({100 * gap:+.2f} points)",
+                f"({100 * gap:+.2f} points; not more than 2 points below SVD: "
+                f"{'yes' if gap >= -0.02 else 'no'}; one seed, {training['config']['val_images']} validation images)",
                 "met": abs(gap) <= 0.02,
+                "met_one_sided": gap >= -0.02,
             }
         )
     else:
