@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import make_shapes_dataset, tiny_config_dict
 
+from conftest import make_shapes_dataset, tiny_config_dict
 from medpeft.config import parse_config
 from medpeft.engine.trainer import train
 

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import shared_data
 
+from conftest import shared_data
 from medpeft.config import parse_config
 from medpeft.engine.trainer import train
 
