@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import gc
 import json
 import os
@@ -82,6 +83,14 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def release_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``), so that RSS counts live memory only."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def peak_rss_mib() -> float:
@@ -170,6 +179,7 @@ def measure_memory(name: str, args: argparse.Namespace) -> dict[str, Any]:
     stepper = Stepper(model, args, CONFIGS[name][1])
     trainable, total = trainable_share(model)
     gc.collect()
+    release_free_heap()  # the float64 SVD leaves ~150 MiB of freed heap behind that RSS would count
     reset = reset_peak_rss()
     rss0 = current_rss_mib()
     times = [sum(stepper.step()) for _ in range(2)]  # warm-up (allocates AdamW state) + one step
@@ -240,7 +250,9 @@ def auto_choices(model: nn.Module, images: torch.Tensor, prompts: Any) -> list[d
 
 
 def layer_paths(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
-    """Per ViT-B matrix shape and token count seen at this input size: factorised vs rebuild seconds."""
+    """Per ViT-B matrix shape and the token count it sees at this input: seconds of the factorised and
+    rebuild paths and of a plain frozen ``nn.Linear`` (``dense``, what LoRA's base layer costs), for a
+    training call (forward + backward to the input and the spectrum) and an inference call (no grad)."""
     from medpeft.adapters.svd import SVDLinear
 
     width, mlp, window, grid = 768, 3072, 14, args.image_size // 16
@@ -257,33 +269,48 @@ def layer_paths(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
     rows = []
     for label, d, k, n in cases:
         torch.manual_seed(0)
-        layer = SVDLinear(nn.Linear(k, d))
+        dense = nn.Linear(k, d).requires_grad_(False)
+        layer = SVDLinear(copy.deepcopy(dense))
         x = torch.randn(n, k, requires_grad=True)
         g = torch.randn(n, d)
 
-        def train(mode: str, layer: SVDLinear = layer, x: torch.Tensor = x, g: torch.Tensor = g) -> float:
-            layer.mode = mode
-            t = time.perf_counter()
-            layer(x).backward(g)
-            layer.scale.grad = layer.shift.grad = x.grad = None
-            return time.perf_counter() - t
-
-        def infer(mode: str, layer: SVDLinear = layer, x: torch.Tensor = x) -> float:
-            layer.mode = mode
-            with torch.no_grad():
+        def run(
+            mode: str,
+            train: bool,
+            layer: SVDLinear = layer,
+            dense: nn.Linear = dense,
+            x: torch.Tensor = x,
+            g: torch.Tensor = g,
+        ) -> float:
+            module: nn.Module = dense if mode == "dense" else layer
+            layer.mode = mode if mode != "dense" else "auto"
+            with torch.set_grad_enabled(train):
                 t = time.perf_counter()
-                layer(x)
-                return time.perf_counter() - t
+                out = module(x)
+                if train:
+                    out.backward(g)
+                elapsed = time.perf_counter() - t
+            layer.scale.grad = layer.shift.grad = x.grad = None
+            return elapsed
 
         calls = {
-            f"{kind}_{m}": (lambda f=f, m=m: f(m))
-            for kind, f in (("train", train), ("infer", infer))
-            for m in ("factorised", "rebuild")
+            f"{'train' if train else 'infer'}_{mode}": (lambda mode=mode, train=train: run(mode, train))
+            for train in (True, False)
+            for mode in ("dense", "factorised", "rebuild")
         }
         med = {key: statistics.median(v) for key, v in _quiet_round_robin(calls, reps).items()}
         layer.mode = "auto"
+        r = min(d, k)
         rows.append(
-            {"layer": label, "shape": [d, k], "tokens": n, "auto_factorised": layer.use_factorised(n), **med}
+            {
+                "layer": label,
+                "shape": [d, k],
+                "tokens": n,
+                "auto_factorised": layer.use_factorised(n),
+                # forward + backward FLOPs: factorised 2Nr(D+K); rebuild 2DKr + 3NDK (W', y, dx, dW')
+                "train_rule_factorised": 2 * n * r * (d + k) < 2 * d * k * r + 3 * n * d * k,
+                **med,
+            }
         )
     return rows
 
@@ -337,6 +364,13 @@ def training_times(
     return times, ssam, choices
 
 
+def structure(model: nn.Module) -> list[tuple[Any, ...]]:
+    """Module types and every parameter's name, shape, dtype and strides: what inference speed depends on."""
+    modules = [(name, type(m).__name__) for name, m in model.named_modules()]
+    params = [(n, tuple(p.shape), p.dtype, p.stride()) for n, p in model.named_parameters()]
+    return modules + params
+
+
 @torch.no_grad()
 def inference_times(ssam: nn.Module, args: argparse.Namespace) -> dict[str, Any]:
     """Round-robin latency: base model, merged S-SAM, unmerged S-SAM (auto)."""
@@ -355,6 +389,7 @@ def inference_times(ssam: nn.Module, args: argparse.Namespace) -> dict[str, Any]
     base = build("base", args).eval()
     images, _, prompts = synthetic_batch(args)
     diff = float((merged(images, prompts) - unmerged(images, prompts)).abs().max())
+    same_structure = structure(merged) == structure(base)
     models = {"base": base, "ssam_merged": merged, "ssam_unmerged_auto": unmerged}
 
     def timed(model: nn.Module) -> Callable[[], float]:
@@ -368,6 +403,7 @@ def inference_times(ssam: nn.Module, args: argparse.Namespace) -> dict[str, Any]
     raw = round_robin({n: timed(m) for n, m in models.items()}, args.reps)
     out: dict[str, Any] = {n: {"latency_s": statistics.median(v), "samples_s": v} for n, v in raw.items()}
     out["merge_max_abs_diff"] = diff
+    out["merged_same_structure_as_base"] = same_structure
     return out
 
 
@@ -416,14 +452,36 @@ def evaluate_targets(
     return rows
 
 
+def print_layers(rows: list[dict[str, Any]]) -> None:
+    """The per-layer table."""
+    print("\nPer-layer paths (one SAM ViT-B-shaped layer, seconds): dense = a plain frozen nn.Linear;")
+    print("auto = what the current (forward-FLOP) rule picks; train rule = a forward+backward FLOP rule")
+    head = (
+        f"{'layer':<22}{'N':>6}{'trn dense':>10}{'trn fact':>10}{'trn rebl':>10}{'inf dense':>10}{'inf fact':>10}"
+        f"{'inf rebl':>10}{'auto':>12}{'train rule':>12}"
+    )
+    print(head + "\n" + "-" * len(head))
+    for r in rows:
+        print(
+            f"{r['layer']:<22}{r['tokens']:>6}{r['train_dense']:>10.4f}{r['train_factorised']:>10.4f}"
+            f"{r['train_rebuild']:>10.4f}{r['infer_dense']:>10.4f}{r['infer_factorised']:>10.4f}"
+            f"{r['infer_rebuild']:>10.4f}{'factorised' if r['auto_factorised'] else 'rebuild':>12}"
+            f"{'factorised' if r['train_rule_factorised'] else 'rebuild':>12}"
+        )
+
+
 def print_report(result: dict[str, Any]) -> None:
     """Fixed-width tables of everything measured."""
-    mem, times, infer = result["memory"], result["training"], result["inference"]
+    setup, mem, times, infer = result["setup"], result["memory"], result["training"], result["inference"]
+    size = setup["image_size"]
     print(
-        f"\nTraining step, {result['setup']['base']} at {result['setup']['image_size']}x{result['setup']['image_size']}, "
-        f"batch {result['setup']['batch']}, {result['setup']['threads']} thread(s), median of {result['setup']['steps']}"
+        f"\nTraining step, {setup['base']} at {size}x{size}, batch {setup['batch']}, {setup['threads']} thread(s), "
+        f"median of {setup['steps']}"
     )
-    head = f"{'config':<16}{'trainable':>11}{'s/step':>8}{'fwd':>7}{'bwd':>7}{'opt':>7}{'vs LoRA':>9}{'rss0 MiB':>10}{'peak MiB':>10}{'train MiB':>10}"
+    head = (
+        f"{'config':<16}{'trainable':>11}{'s/step':>8}{'fwd':>7}{'bwd':>7}{'opt':>7}{'vs LoRA':>9}"
+        f"{'rss0 MiB':>10}{'peak MiB':>10}{'train MiB':>10}"
+    )
     print(head + "\n" + "-" * len(head))
     lora = times["lora_r4"]["step_s"]
     for name in CONFIGS:
@@ -437,27 +495,25 @@ def print_report(result: dict[str, Any]) -> None:
             f"{name:<16}{m.get('trainable', 0):>11,}{t['step_s']:>8.2f}{t['forward_s']:>7.2f}{t['backward_s']:>7.2f}"
             f"{t['optimizer_s']:>7.2f}{t['step_s'] / lora:>8.2f}x{mems}"
         )
-    print(f"\nInference (no grad), median of {result['setup']['reps']}")
+    print(f"\nInference (no grad), median of {setup['reps']}")
     base = infer["base"]["latency_s"]
     for name in ("base", "ssam_merged", "ssam_unmerged_auto"):
         print(
             f"{name:<22}{infer[name]['latency_s']:>8.3f} s{100 * (infer[name]['latency_s'] / base - 1):>+8.1f}%"
         )
-    print(f"merged vs unmerged max |logit diff|: {infer['merge_max_abs_diff']:.2e}")
     print(
-        "\nPer-layer paths (one SVD layer of a SAM ViT-B shape, seconds; 'auto' = what the FLOP rule picks)"
+        f"merged vs unmerged max |logit diff|: {infer['merge_max_abs_diff']:.2e}; merged model has the base's "
+        f"exact structure (module types, parameter shapes, dtypes, strides): {infer['merged_same_structure_as_base']}"
     )
-    head = f"{'layer':<22}{'N':>6}{'train fact':>11}{'train rebl':>11}{'infer fact':>11}{'infer rebl':>11}{'auto':>12}"
-    print(head + "\n" + "-" * len(head))
-    for r in result["layers"]:
-        print(
-            f"{r['layer']:<22}{r['tokens']:>6}{r['train_factorised']:>11.4f}{r['train_rebuild']:>11.4f}"
-            f"{r['infer_factorised']:>11.4f}{r['infer_rebuild']:>11.4f}"
-            f"{'factorised' if r['auto_factorised'] else 'rebuild':>12}"
-        )
+    print_layers(result["layers"])
     picks = result["auto_choices"]
     rebuilt = sorted(
-        {f"{c['layer'].split('vision_encoder.')[-1]} (N={c['tokens']})" for c in picks if not c["factorised"]}
+        {
+            f"{c['layer'].split('vision_encoder.')[-1]} (N={c['tokens']})"
+            for c in picks
+            if not c["factorised"]
+        },
+        key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)],
     )
     print(
         f"\nauto in the model: {sum(c['factorised'] for c in picks)}/{len(picks)} layers factorised; rebuild: "
@@ -482,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--skip-memory", action="store_true", help="no per-configuration memory subprocesses")
+    parser.add_argument("--layers-only", action="store_true", help="only the per-layer table (fast)")
     parser.add_argument("--out", type=Path, default=Path("results/ssam_speed.json"))
     parser.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -508,32 +565,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# ssam speed benchmark: {json.dumps(setup)}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     print("per-layer paths ...", file=sys.stderr, flush=True)
-    layers = layer_paths(args, args.reps)
-    mem: dict[str, dict[str, Any]] = {}
-    if not args.skip_memory:
-        for name in CONFIGS:
-            mem[name] = run_worker(name, args)
-            print(
-                f"memory {name}: {mem[name].get('peak_mib', mem[name].get('error'))} MiB "
-                f"({mem[name]['wall_s']:.0f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-    print("training steps (round-robin) ...", file=sys.stderr, flush=True)
-    times, ssam, choices = training_times(args)
-    print("inference ...", file=sys.stderr, flush=True)
-    infer = inference_times(ssam, args)
-    result = {
-        "setup": setup,
-        "training": times,
-        "memory": mem,
-        "inference": infer,
-        "layers": layers,
-        "auto_choices": choices,
-        "targets": evaluate_targets(mem, times, infer),
-        "wall_s": time.perf_counter() - started,
-    }
-    print_report(result)
+    result: dict[str, Any] = {"setup": setup, "layers": layer_paths(args, args.reps)}
+    if args.layers_only:
+        print_layers(result["layers"])
+    else:
+        mem: dict[str, dict[str, Any]] = {}
+        if not args.skip_memory:
+            for name in CONFIGS:
+                mem[name] = run_worker(name, args)
+                print(
+                    f"memory {name}: {mem[name].get('peak_mib', mem[name].get('error'))} MiB "
+                    f"({mem[name]['wall_s']:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        print("training steps (round-robin) ...", file=sys.stderr, flush=True)
+        times, ssam, choices = training_times(args)
+        print("inference ...", file=sys.stderr, flush=True)
+        infer = inference_times(ssam, args)
+        result.update(training=times, memory=mem, inference=infer, auto_choices=choices)
+        result["targets"] = evaluate_targets(mem, times, infer)
+        print_report(result)
+    result["wall_s"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {args.out} ({result['wall_s']:.0f} s)")
