@@ -179,7 +179,7 @@ def measure_memory(name: str, args: argparse.Namespace) -> dict[str, Any]:
     stepper = Stepper(model, args, CONFIGS[name][1])
     trainable, total = trainable_share(model)
     gc.collect()
-    release_free_heap()  # the float64 SVD leaves ~150 MiB of freed heap behind that RSS would count
+    release_free_heap()  # the float64 SVD leaves ~170 MiB of freed heap that RSS would count
     reset = reset_peak_rss()
     rss0 = current_rss_mib()
     times = [sum(stepper.step()) for _ in range(2)]  # warm-up (allocates AdamW state) + one step
@@ -210,7 +210,9 @@ def run_worker(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return dict(json.loads(lines[-1][len(RESULT_MARKER) :]), wall_s=wall)
 
 
-def round_robin(calls: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1) -> dict[str, list[Any]]:
+def round_robin(
+    calls: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1, verbose: bool = True
+) -> dict[str, list[Any]]:
     """Call each entry once per round, rotating the starting entry; drop the first ``warmup`` rounds."""
     names = list(calls)
     out: dict[str, list[Any]] = {n: [] for n in names}
@@ -220,7 +222,8 @@ def round_robin(calls: dict[str, Callable[[], Any]], rounds: int, warmup: int = 
             result = calls[name]()
             if r >= warmup:
                 out[name].append(result)
-        print(f"  round {r + 1}/{warmup + rounds} done", file=sys.stderr, flush=True)
+        if verbose:
+            print(f"  round {r + 1}/{warmup + rounds} done", file=sys.stderr, flush=True)
     return out
 
 
@@ -298,7 +301,7 @@ def layer_paths(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
             for train in (True, False)
             for mode in ("dense", "factorised", "rebuild")
         }
-        med = {key: statistics.median(v) for key, v in _quiet_round_robin(calls, reps).items()}
+        med = {key: statistics.median(v) for key, v in round_robin(calls, reps, verbose=False).items()}
         layer.mode = "auto"
         r = min(d, k)
         rows.append(
@@ -313,18 +316,6 @@ def layer_paths(args: argparse.Namespace, reps: int) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def _quiet_round_robin(calls: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    names = list(calls)
-    out: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(1 + rounds):
-        for i in range(len(names)):
-            name = names[(r + i) % len(names)]
-            value = calls[name]()
-            if r:
-                out[name].append(value)
-    return out
 
 
 # ---------------------------------------------------------------- the run

@@ -47,7 +47,7 @@ class TrainResult:
     best_checkpoint: Path | None = None
 
 
-LOG_FIELDS = ["step", "epoch", "lr", "loss", "dice", "bce", "focal", "val_dice", "seconds"]
+LOG_FIELDS = ["step", "epoch", "lr", "loss", "dice", "bce", "focal", "svd_reg", "val_dice", "seconds"]
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
