@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +25,15 @@ SetOpt = Annotated[
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+@contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn a user-actionable error into one red line and exit code 2."""
+    try:
+        yield
+    except _user_errors() as e:
+        _fail(str(e).strip("'\""))
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -62,12 +73,10 @@ def train(
     from medpeft.config import load_config
     from medpeft.engine.trainer import train as run_train
 
-    try:
+    with _one_line_errors():
         cfg = load_config(config, set_)
         overwrite = overwrite or (not resume and _confirm_overwrite(Path(cfg.train.output_dir)))
         result = run_train(cfg, resume=resume, overwrite=overwrite)
-    except _user_errors() as e:
-        _fail(str(e).strip("'\""))
     typer.echo(
         f"done: {result.steps} steps, best validation Dice {result.best_dice:.4f}; run in {result.run_dir}"
     )
@@ -94,7 +103,7 @@ def evaluate(
     from medpeft.engine.evaluate import format_table
     from medpeft.engine.restore import load_trained
 
-    try:
+    with _one_line_errors():
         model, record, cfg = load_trained(checkpoint)
         splits = build_splits(cfg, data)
         _check_labels(splits.label_names, record["label_names"])
@@ -116,8 +125,6 @@ def evaluate(
             spacing=cfg.data.spacing,
             surface=cfg.eval.surface_metrics,
         )
-    except _user_errors() as e:
-        _fail(str(e).strip("'\""))
     typer.echo(format_table(summary))
     typer.echo(f"wrote {out}/per_image.csv, summary.json and overlays/")
 
@@ -141,13 +148,11 @@ def predict(
     from medpeft.engine.predict import predict as run_predict
     from medpeft.engine.restore import load_trained
 
-    try:
+    with _one_line_errors():
         model, record, cfg = load_trained(checkpoint)
         results = run_predict(
             model, inputs, out, prompts, cfg.data.resize, cfg.data.normalize, cfg.eval.threshold
         )
-    except _user_errors() as e:
-        _fail(str(e).strip("'\""))
     typer.echo(
         f"{len(results)} image(s): masks in {out}/masks, overlays in {out}/overlays (labels: {record['label_names']})"
     )
@@ -163,12 +168,10 @@ def info(
     from medpeft.engine.build import build_model
     from medpeft.engine.report import parameter_report
 
-    try:
+    with _one_line_errors():
         cfg = load_config(config, set_)
         labels = cfg.data.labels or _labels_from_data(cfg) or ["foreground"]
         model, identity = build_model(cfg, labels)
-    except _user_errors() as e:
-        _fail(str(e).strip("'\""))
     typer.echo(
         f"base: {identity['source']} ({identity['kind']}{', random init' if identity.get('random_init') else ''}), "
         f"input {cfg.model.image_size}x{cfg.model.image_size}, labels: {labels}"
@@ -195,10 +198,8 @@ def merge(
 
     if out.exists() and any(out.iterdir()) and not (overwrite or _confirm_overwrite(out)):
         _fail(f"{out} already exists; pass --overwrite to replace it")
-    try:
+    with _one_line_errors():
         diff = merge_checkpoint(checkpoint, out)
-    except _user_errors() as e:
-        _fail(str(e).strip("'\""))
     typer.echo(f"merged model written to {out} (max |logit difference| before/after merge: {diff:.2e})")
 
 
@@ -214,10 +215,8 @@ def demo(
 
     if output.exists() and any(output.iterdir()) and not (overwrite or _confirm_overwrite(output)):
         _fail(f"{output} already holds a demo run; pass --overwrite (or make demo DEMO_FLAGS=--overwrite)")
-    try:
+    with _one_line_errors():
         summary = run_demo(output, data, set_ or [])
-    except _user_errors() as e:
-        _fail(str(e).strip("'\""))
     typer.echo(json.dumps(summary, indent=2))
 
 
