@@ -53,6 +53,20 @@ def make_shapes_dataset(root: Path, n: int = 24, size: int = 64, seed: int = 0, 
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _slice_cache(tmp_path_factory):
+    """Volume slices go to a per-session cache, never the user's ~/.cache."""
+    import os
+
+    previous = os.environ.get("MEDPEFT_CACHE")
+    os.environ["MEDPEFT_CACHE"] = str(tmp_path_factory.mktemp("medpeft-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MEDPEFT_CACHE", None)
+    else:
+        os.environ["MEDPEFT_CACHE"] = previous
+
+
 @pytest.fixture
 def shapes_dataset(tmp_path: Path) -> Path:
     return make_shapes_dataset(tmp_path / "shapes")

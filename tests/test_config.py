@@ -26,7 +26,10 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
         ("model.image_size=250", "multiple of 16"),
         ("data.split=[0.5,0.5,0.5]", "summing to 1"),
         ("adapters=[{name: lora, rank: 4}]", "adapters[0] (lora): unknown key 'rank'; valid keys: r, alpha"),
-        ("adapters=[{name: nope}]", "unknown adaptation method 'nope'; expected one of: attention_weights, bias, decoder, full"),
+        (
+            "adapters=[{name: nope}]",
+            "unknown adaptation method 'nope'; expected one of: attention_weights, bias, decoder, full",
+        ),
         ("prompts.eval_mode=circle", "prompts.eval_mode"),
     ],
 )

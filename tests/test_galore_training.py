@@ -130,11 +130,11 @@ def test_resume_after_kill_matches_uninterrupted_run(
     calls = {"n": 0}
     original = SegmentationLoss.forward
 
-    def killed(self, logits, target):
+    def killed(self, logits, target, valid=None):
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt
-        return original(self, logits, target)
+        return original(self, logits, target, valid)
 
     cfg = _cfg(big_shapes, tmp_path / "killed", projector, update_gap=4, epochs=3, checkpoint_every=1)
     monkeypatch.setattr(SegmentationLoss, "forward", killed)

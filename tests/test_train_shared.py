@@ -19,7 +19,10 @@ def test_few_training_steps_on_real_data(name: str, tmp_path: Path) -> None:
     cfg = parse_config(
         {
             "model": {"base": "sam-tiny", "image_size": 64},
-            "data": {"root": str(root), "split": [0.5, 0.25, 0.25] if name == "sam-med2d-demo" else [0.8, 0.1, 0.1]},
+            "data": {
+                "root": str(root),
+                "split": [0.5, 0.25, 0.25] if name == "sam-med2d-demo" else [0.8, 0.1, 0.1],
+            },
             "adapters": [{"name": "lora", "r": 2}, {"name": "decoder"}],
             "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 2, "log_every": 1},
         }

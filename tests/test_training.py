@@ -71,11 +71,11 @@ def test_resume_after_kill_continues_the_same_loss_curve(
     calls = {"n": 0}
     original = SegmentationLoss.forward
 
-    def killed(self, logits, target):
+    def killed(self, logits, target, valid=None):
         calls["n"] += 1
         if calls["n"] == 6:  # dies in the middle of step 6
             raise KeyboardInterrupt
-        return original(self, logits, target)
+        return original(self, logits, target, valid)
 
     cfg = _cfg(shapes_dataset, tmp_path / "killed", epochs=3, checkpoint_every=1)
     monkeypatch.setattr(SegmentationLoss, "forward", killed)
@@ -99,9 +99,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     calls = {"n": 0}
     original = SegmentationLoss.forward
 
-    def poisoned(self, logits, target):
+    def poisoned(self, logits, target, valid=None):
         calls["n"] += 1
-        total, terms = original(self, logits, target)
+        total, terms = original(self, logits, target, valid)
         return (total * float("nan"), terms) if calls["n"] == 3 else (total, terms)
 
     monkeypatch.setattr(SegmentationLoss, "forward", poisoned)

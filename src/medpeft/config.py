@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,6 +58,43 @@ class AugmentConfig(_Strict):
     gamma_max: float = 0.2
 
 
+class SourceConfig(_Strict):
+    """One member of a source collection (``data.sources``): a 2D dataset or a 3D volume cut into slices.
+
+    2D: ``root`` (folder or SAM-Med2D layout) with optional ``labels`` (names the single binary label,
+    or selects labels). 3D: ``volume`` (NIfTI / DICOM folder; a glob pattern matches several) and
+    ``label_map`` (``{dir}`` and ``{stem}`` are replaced by the volume's folder and file stem), with
+    ``label_table`` (a labels.json; ``path#key`` picks a nested table such as TotalSegmentator's
+    ``labels.json#ct``) and/or ``label_values`` (name -> label values merged into that label, e.g.
+    BRATS ``{tumour: [1, 2, 3, 4]}``). Slices are read with nibabel/pydicom and cached as PNG.
+    """
+
+    root: Path | None = None
+    format: Literal["auto", "folder", "sammed2d"] = "auto"
+    labels: list[str] | None = None
+    volume: str | None = None
+    label_map: str | None = None
+    label_table: str | None = None
+    label_values: dict[str, list[int]] | None = None
+    axis: int = Field(2, ge=0, le=2)
+    step: int = Field(1, ge=1)
+    window: tuple[float, float] | None = None  # CT (level, width); None: 0.5-99.5 percentile scaling
+    min_foreground_pixels: int = Field(50, ge=0)
+    max_slices: int | None = Field(None, ge=1)  # per volume, evenly spaced
+    repeat: int = Field(1, ge=1)  # oversample a small source this many times in the training split
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SourceConfig:
+        if (self.root is None) == (self.volume is None):
+            raise ValueError("a source sets exactly one of 'root' (2D dataset) or 'volume' (3D volumes)")
+        if self.volume is not None:
+            if self.label_map is None:
+                raise ValueError(f"source volume {self.volume!r} needs 'label_map'")
+            if self.label_table is None and self.label_values is None:
+                raise ValueError(f"source volume {self.volume!r} needs 'label_table' or 'label_values'")
+        return self
+
+
 class DataConfig(_Strict):
     """Where the images are and how to split and transform them."""
 
@@ -71,6 +109,8 @@ class DataConfig(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cache: bool = True
     spacing: tuple[float, float] | None = None  # pixel size in mm, for ASSD/HD95 in physical units
+    sources: list[SourceConfig] | None = None  # a collection of datasets in place of ``root``
+    classes_per_image: int | None = Field(None, ge=1)  # train on this many sampled labels per image
 
     @field_validator("split")
     @classmethod
@@ -78,6 +118,12 @@ class DataConfig(_Strict):
         if any(f < 0 for f in v) or not math.isclose(sum(v), 1.0, abs_tol=1e-6):
             raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _root_or_sources(self) -> DataConfig:
+        if self.root is not None and self.sources:
+            raise ValueError("set either 'root' (one dataset) or 'sources' (a collection), not both")
+        return self
 
 
 class PromptConfig(_Strict):
@@ -213,12 +259,17 @@ def _first_error(e: ValidationError) -> str:
 def _valid_keys(loc: tuple) -> list[str]:
     model: type[BaseModel] = Config
     for part in loc[:-1]:
+        if isinstance(part, int):  # a list item: the list's element model was taken already
+            continue
         field = model.model_fields.get(str(part))
-        if field is None or not (
-            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-        ):
+        annotation = field.annotation if field is not None else None
+        for arg in typing.get_args(annotation):  # list[X] | None -> X
+            inner = typing.get_args(arg) or (arg,)
+            if isinstance(inner[0], type) and issubclass(inner[0], BaseModel):
+                annotation = inner[0]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
-        model = field.annotation
+        model = annotation
     return list(model.model_fields)
 
 

@@ -39,10 +39,14 @@ def register_method(
     name: str,
     config_cls: type[MethodConfig],
     merge: Callable[[nn.Module], nn.Module] | None = None,
-) -> Callable[[Callable[[nn.Module, MethodConfig], nn.Module]], Callable[[nn.Module, MethodConfig], nn.Module]]:
+) -> Callable[
+    [Callable[[nn.Module, MethodConfig], nn.Module]], Callable[[nn.Module, MethodConfig], nn.Module]
+]:
     """Decorator registering ``apply`` under ``name``."""
 
-    def wrap(apply: Callable[[nn.Module, MethodConfig], nn.Module]) -> Callable[[nn.Module, MethodConfig], nn.Module]:
+    def wrap(
+        apply: Callable[[nn.Module, MethodConfig], nn.Module],
+    ) -> Callable[[nn.Module, MethodConfig], nn.Module]:
         if name in _METHODS:
             raise ValueError(f"adaptation method {name!r} is registered twice")
         _METHODS[name] = AdapterMethod(name, config_cls, apply, merge)

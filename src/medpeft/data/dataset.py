@@ -31,7 +31,14 @@ class SegmentationDataset(Dataset):
 
     Items are dicts: ``image`` float [3,S,S], ``masks`` float [C,S,S], ``boxes`` float [C,4],
     ``box_valid`` bool [C], ``points`` float [C,N,2], ``point_labels`` long [C,N],
-    ``class_ids`` long [C] and ``index`` int, with N = n_pos_points + n_neg_points.
+    ``class_ids`` long [C], ``class_valid`` bool [C] and ``index`` int, with
+    N = n_pos_points + n_neg_points. ``class_valid`` is False for labels the image is not
+    annotated for (``ImageRecord.annotated``, in a source collection).
+
+    ``classes_per_image=K`` gives K slots per item instead of one per label: labels the image is
+    annotated for, those present in it first, in a seeded random order (SAM-style training on
+    collections with many labels); ``class_ids`` says which label each slot is, and slots beyond
+    the image's labels are padding with ``class_valid`` False.
 
     ``prompt_mode="train"`` samples prompts (jittered box, random points) from a generator seeded
     by (seed, epoch, index), so call :meth:`set_epoch` each epoch (use non-persistent DataLoader
@@ -56,6 +63,7 @@ class SegmentationDataset(Dataset):
         seed: int = 0,
         box_jitter_px: float = 20.0,
         cache: bool | None = None,
+        classes_per_image: int | None = None,
     ) -> None:
         if resize not in RESIZE_MODES:
             raise ValueError(f"unknown resize {resize!r}; expected one of {RESIZE_MODES}")
@@ -78,8 +86,11 @@ class SegmentationDataset(Dataset):
         self.n_neg_points = n_neg_points
         self.seed = seed
         self.epoch = 0
+        if classes_per_image is not None and classes_per_image < 1:
+            raise ValueError(f"classes_per_image must be >= 1, got {classes_per_image}")
+        self.classes_per_image = classes_per_image
         self.cache = len(self.records) <= CACHE_AUTO_LIMIT if cache is None else cache
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
 
     @property
     def num_classes(self) -> int:
@@ -92,18 +103,49 @@ class SegmentationDataset(Dataset):
         """Select the epoch whose random prompts / augmentations the items use."""
         self.epoch = int(epoch)
 
+    def annotated_ids(self, index: int) -> list[int]:
+        """Indices (into ``label_names``) of the labels record ``index`` is annotated for."""
+        ann = self.records[index].annotated
+        return [i for i, n in enumerate(self.label_names) if ann is None or n in ann]
+
     def load_resized(self, index: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """uint8 image [S,S,3], bool masks [C,S,S] and resize meta of one record (cached if enabled)."""
-        if index in self._cache:
-            return self._cache[index]
+        """uint8 image [S,S,3], bool masks [A,S,S] of the annotated labels (:meth:`annotated_ids`;
+        all C labels outside collections) and resize meta of one record (cached if enabled)."""
         rec = self.records[index]
+        key = str(rec.image)
+        if key in self._cache:
+            return self._cache[key]
+        names = [self.label_names[i] for i in self.annotated_ids(index)]
         image, masks, meta = resize(
-            load_image(rec.image), load_masks(rec, self.label_names), self.image_size, self.resize
+            load_image(rec.image), load_masks(rec, names), self.image_size, self.resize
         )
         assert masks is not None
         if self.cache:
-            self._cache[index] = (image, masks, meta)
+            self._cache[key] = (image, masks, meta)
         return image, masks, meta
+
+    def _slots(
+        self, index: int, masks: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(class ids, valid flags, masks) of an item's slots from its annotated masks."""
+        ids = np.array(self.annotated_ids(index), np.int64)
+        if self.classes_per_image is None:
+            full = np.zeros((self.num_classes, *masks.shape[1:]), bool)
+            full[ids] = masks
+            valid = np.zeros(self.num_classes, bool)
+            valid[ids] = True
+            return np.arange(self.num_classes), valid, full
+        k = self.classes_per_image
+        present = masks.reshape(len(ids), -1).any(1)
+        order = np.concatenate(
+            [rng.permutation(np.flatnonzero(present)), rng.permutation(np.flatnonzero(~present))]
+        )
+        order = order[:k].astype(np.int64)
+        slot_ids = np.zeros(k, np.int64)
+        slot_masks = np.zeros((k, *masks.shape[1:]), bool)
+        valid = np.zeros(k, bool)
+        slot_ids[: len(order)], slot_masks[: len(order)], valid[: len(order)] = ids[order], masks[order], True
+        return slot_ids, valid, slot_masks
 
     def get_meta(self, index: int) -> dict[str, Any]:
         """Image path, label names and resize geometry (for writing predictions back)."""
@@ -126,13 +168,14 @@ class SegmentationDataset(Dataset):
         image, masks, meta = self.load_resized(index)
         valid = valid_region(meta)
         rng = self._rng(index)
+        class_ids, class_valid, masks = self._slots(index, masks, rng)
         if self.augment is not None:
             image, stacked = augment(image, np.concatenate([masks, valid[None]]), rng, self.augment)
             masks, valid = stacked[:-1], stacked[-1]
         x = normalize(image, self.normalize)
         x[~valid] = 0.0
 
-        c, n = self.num_classes, self.n_pos_points + self.n_neg_points
+        c, n = len(class_ids), self.n_pos_points + self.n_neg_points
         boxes = np.zeros((c, 4), np.float32)
         box_valid = np.zeros(c, bool)
         points = np.zeros((c, n, 2), np.float32)
@@ -158,7 +201,8 @@ class SegmentationDataset(Dataset):
             "box_valid": torch.from_numpy(box_valid),
             "points": torch.from_numpy(points),
             "point_labels": torch.from_numpy(point_labels),
-            "class_ids": torch.arange(c, dtype=torch.long),
+            "class_ids": torch.from_numpy(class_ids),
+            "class_valid": torch.from_numpy(class_valid),
             "index": index,
         }
 

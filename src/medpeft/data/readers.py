@@ -50,7 +50,9 @@ class ImageRecord:
     Either ``masks`` (label -> binary mask file) or ``label_map`` (one integer mask whose values are
     given by ``label_values``; default: label i of the list is value i + 1) is set. ``extra_masks``
     holds further instance masks of a label, merged with ``masks[label]``. ``spacing`` is the pixel
-    size (row, col) in mm when known.
+    size (row, col) in mm when known. ``annotated`` names the labels the image was annotated for
+    when it comes from a collection whose members label different structures (a polyp image says
+    nothing about the liver); losses and scores skip the others.
     """
 
     image: Path
@@ -59,6 +61,7 @@ class ImageRecord:
     spacing: tuple[float, float] | None = None
     label_values: dict[str, int] | None = None
     extra_masks: dict[str, list[Path]] = field(default_factory=dict)
+    annotated: tuple[str, ...] | None = None  # labels this image is annotated for; None: all of them
 
     @property
     def stem(self) -> str:
@@ -182,15 +185,21 @@ def load_masks(record: ImageRecord, label_names: list[str]) -> np.ndarray:
 # ----------------------------------------------------------------------------- label tables
 
 
-def parse_labels_json(path: Path) -> dict[int, str]:
+def parse_labels_json(path: Path, key: str | None = None) -> dict[int, str]:
     """Read a label table: {"1": "liver"}, {"labels": {...}}, {"liver": 1} or ["background", "liver"].
 
+    ``key`` selects a nested table (TotalSegmentator's labels.json holds ``ct`` and ``mr``).
     Value 0 is background and dropped. Returns value -> name sorted by value.
     """
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise DataError(f"cannot read label table {path}: {err}") from None
+    if key is not None:
+        if not isinstance(data, dict) or key not in data:
+            keys = list(data) if isinstance(data, dict) else []
+            raise DataError(f"label table {path} has no key {key!r}; keys: {keys}")
+        data = data[key]
     if isinstance(data, dict) and isinstance(data.get("labels"), dict | list):
         data = data["labels"]
     table: dict[int, str] = {}

@@ -134,6 +134,8 @@ def export_slices(
     window: tuple[float, float] | None = None,
     min_label_pixels: int = 0,
     max_slices: int | None = None,
+    groups: dict[str, list[int]] | None = None,
+    stem: str | None = None,
 ) -> list[Path]:
     """Cut a volume + label map into a 2D folder dataset (``images/``, ``masks/``, ``labels.json``, ``spacing.json``).
 
@@ -141,7 +143,9 @@ def export_slices(
     cover at least ``min_foreground_pixels`` pixels; other label values become background, and a
     label with fewer than ``min_label_pixels`` pixels in a slice is dropped from it. ``window``
     (level, width) maps CT values to 0-255; None scales by the 0.5-99.5 percentiles of the volume.
-    ``max_slices`` keeps that many, evenly spaced. Returns the written image paths.
+    ``max_slices`` keeps that many, evenly spaced. ``groups`` (name -> values) replaces ``labels``:
+    each group's values become one label (e.g. BRATS whole tumour = values 1-4), numbered 1, 2, ...
+    in order. ``stem`` names the slices (default: the volume's file name). Returns the written image paths.
     """
     volume_path, label_path, out_dir = Path(volume_path), Path(label_path), Path(out_dir)
     vol, spacing = load_volume(volume_path)
@@ -150,11 +154,13 @@ def export_slices(
         vol = vol[..., 0]
     if vol.shape[:3] != seg.shape[:3]:
         raise DataError(f"label map {label_path} is {seg.shape} but volume {volume_path} is {vol.shape}")
-    if not labels:
+    if not labels and not groups:
         raise DataError("export_slices needs at least one label (value -> name)")
     if not 0 <= axis < 3:
         raise DataError(f"axis must be 0, 1 or 2, got {axis}")
     seg = np.asarray(seg).astype(np.int64)
+    if groups is not None:
+        seg, labels = _group_labels(seg, groups, label_path)
     keep = np.isin(seg, list(labels))
     seg = np.where(keep, seg, 0)
     pixels = _to_uint8_volume(vol, window)  # ``window`` is the (level, width) argument here
@@ -182,7 +188,7 @@ def export_slices(
     in_plane = [spacing[i] for i in range(3) if i != axis]  # (first, second) stored axes
     row_col = (float(in_plane[1]), float(in_plane[0]))  # _display transposes
     mask_dtype = np.uint8 if max(labels) < 256 else np.uint16
-    stem = _volume_stem(volume_path)
+    stem = stem or _volume_stem(volume_path)
     written, spacing_table = [], {}
     for k, lab in chosen:
         name = f"{stem}_{'xyz'[axis]}{k:03d}"
@@ -196,6 +202,21 @@ def export_slices(
     _merge_json(out_dir / "labels.json", {str(v): n for v, n in sorted(labels.items())})
     _merge_json(out_dir / "spacing.json", spacing_table)
     return written
+
+
+def _group_labels(
+    seg: np.ndarray, groups: dict[str, list[int]], source: Path
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Remap a label map so group i's values become value i + 1 (everything else 0)."""
+    out = np.zeros_like(seg)
+    seen: dict[int, str] = {}
+    for i, (name, values) in enumerate(groups.items()):
+        for v in values:
+            if v in seen:
+                raise DataError(f"label value {v} of {source} is in two labels: {seen[v]!r} and {name!r}")
+            seen[v] = name
+        out[np.isin(seg, values)] = i + 1
+    return out, {i + 1: name for i, name in enumerate(groups)}
 
 
 def _to_uint8_volume(vol: np.ndarray, win: tuple[float, float] | None) -> np.ndarray:

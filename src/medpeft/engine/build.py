@@ -135,10 +135,19 @@ class Splits:
 
 
 def build_splits(cfg: Config, root: Path | None = None) -> Splits:
-    """Read the dataset and split it deterministically (or by ``data.split_file``)."""
+    """Read the dataset (or the ``data.sources`` collection) and split it deterministically (or by ``data.split_file``)."""
     root = root or cfg.data.root
+    if root is None and cfg.data.sources:
+        from medpeft.data.collection import read_collection
+
+        parts, labels = read_collection(cfg.data.sources, cfg.data.split, cfg.data.seed)
+        if cfg.data.split_file is not None:
+            parts = load_split_file(cfg.data.split_file, [r for p in parts.values() for r in p])
+        return Splits(parts["train"], parts["val"], parts["test"], labels)
     if root is None:
-        raise ConfigError("data.root is not set: point it at a folder dataset or a SAM-Med2D json layout")
+        raise ConfigError(
+            "data.root is not set: point it at a folder dataset or a SAM-Med2D json layout (or list data.sources)"
+        )
     records, labels = read_dataset(Path(root), format=cfg.data.format, labels=cfg.data.labels)
     if cfg.data.split_file is not None:
         parts = load_split_file(cfg.data.split_file, records)
@@ -164,6 +173,7 @@ def build_dataset(
         n_neg_points=cfg.prompts.n_neg_points,
         seed=cfg.train.seed,
         cache=cfg.data.cache,
+        classes_per_image=cfg.data.classes_per_image,
     )
 
 

@@ -45,9 +45,11 @@ def evaluate(
         probs = torch.sigmoid(logits).cpu()
         for i, index in enumerate(batch["index"].tolist()):
             meta = dataset.get_meta(index)
-            prob = undo_resize(probs[i], meta, "bilinear").numpy()
+            keep = batch["class_valid"][i].cpu().numpy()  # skip labels the image is not annotated for
+            names = [labels[j] for j in batch["class_ids"][i][keep].tolist()]
+            prob = undo_resize(probs[i][torch.from_numpy(keep)], meta, "bilinear").numpy()
             pred = prob > threshold
-            truth = load_masks(dataset.records[index], labels)
+            truth = load_masks(dataset.records[index], names)
             px = meta.get("spacing") or spacing
             scores = {
                 "dice": dice_per_class(pred[None], truth[None], empty_score)[0],
@@ -56,7 +58,7 @@ def evaluate(
             if surface:
                 scores["assd"] = assd_per_class(pred[None], truth[None], px)[0]
                 scores["hd95"] = hd95_per_class(pred[None], truth[None], px)[0]
-            for c, name in enumerate(labels):
+            for c, name in enumerate(names):
                 row = {
                     "image": meta["stem"],
                     "label": name,
@@ -70,7 +72,7 @@ def evaluate(
                     out_dir / "overlays" / f"{meta['stem']}.png",
                     load_image(meta["path"]),
                     pred,
-                    labels,
+                    names,
                     truth,
                 )
                 n_overlays += 1

@@ -179,7 +179,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
             mode = sample_mode(cfg.prompts.train_modes, cfg.train.seed, step, micro)
             with accelerator.accumulate(model):
                 logits = model(batch["image"], Prompts.from_batch(batch, mode))
-                loss, terms = loss_fn(logits, batch["masks"])
+                loss, terms = loss_fn(logits, batch["masks"], batch.get("class_valid"))
                 penalty = svd_penalty(model)
                 if penalty.requires_grad:
                     loss = loss + penalty

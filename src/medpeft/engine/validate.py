@@ -27,5 +27,8 @@ def validate(model: SamSegmenter, dataset: Dataset, mode: str, batch_size: int =
     """Mean Dice over images and classes (empty prediction on empty mask counts as 1)."""
     scores = []
     for batch, logits in predict_batches(model, dataset, mode, batch_size):
-        scores.append(dice_per_class(logits > 0, batch["masks"] > 0.5))
+        dice = dice_per_class(logits > 0, batch["masks"] > 0.5)
+        if "class_valid" in batch:  # labels an image is not annotated for are not scored
+            dice = torch.where(batch["class_valid"].to(dice.device), dice, torch.nan)
+        scores.append(dice)
     return float(torch.cat(scores).nanmean())

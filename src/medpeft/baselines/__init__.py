@@ -1,0 +1,1 @@
+"""Non-foundation baselines trained from scratch on the target data."""
