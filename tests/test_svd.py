@@ -141,8 +141,15 @@ def test_svd_conv2d_modes_merge_and_init(kernel: int, bias: bool) -> None:
 
 def test_auto_mode_picks_cheaper_path() -> None:
     layer = SVDLinear(nn.Linear(64, 64))
-    assert layer.use_factorised(1) and layer.use_factorised(63)  # N r (D+K) < D K r + N D K  <=>  N < 64
-    assert not layer.use_factorised(64) and not layer.use_factorised(4096)
+    with torch.no_grad():  # inference: N r (D+K) < D K r + N D K  <=>  N < 64
+        assert layer.use_factorised(1) and layer.use_factorised(63)
+        assert not layer.use_factorised(64) and not layer.use_factorised(4096)
+    # training: 2 N r (D+K) < 2 D K r + 3 N D K  <=>  N < 128
+    assert layer.use_factorised(64) and layer.use_factorised(127)
+    assert not layer.use_factorised(128) and not layer.use_factorised(4096)
+    layer.scale.requires_grad_(False)
+    layer.shift.requires_grad_(False)  # nothing of the layer trains: the inference count applies
+    assert not layer.use_factorised(64)
     layer.mode = "factorised"
     assert layer.use_factorised(4096)
     with pytest.raises(ValueError, match="unknown SVD mode"):

@@ -104,10 +104,18 @@ class _SVDLayer(nn.Module):
         return torch.linalg.vector_norm(1 - self.scale) + torch.linalg.vector_norm(self.shift)
 
     def use_factorised(self, n_tokens: int) -> bool:
-        """Mode for ``n_tokens`` rows: in ``auto``, factorised iff ``N r (D+K) < D K r + N D K`` FLOPs."""
+        """Mode for ``n_tokens`` rows, in ``auto`` the one with fewer multiply-adds.
+
+        Inference: factorised ``N r (D+K)`` against rebuild ``D K r + N D K``. Training (grad enabled,
+        ``A`` or ``B`` trainable) counts the backward pass too: factorised ``2 N r (D+K)`` (input
+        gradient through both factors) against rebuild ``2 D K r + 3 N D K`` (building ``W'`` and
+        projecting its gradient back onto the spectrum, plus the input and weight gradients).
+        """
         if self.mode != "auto":
             return self.mode == "factorised"
         d, r, k = self.U.shape[0], self.S.numel(), self.Vh.shape[1]
+        if torch.is_grad_enabled() and (self.scale.requires_grad or self.shift.requires_grad):
+            return 2 * n_tokens * r * (d + k) < 2 * d * k * r + 3 * n_tokens * d * k
         return n_tokens * r * (d + k) < d * k * r + n_tokens * d * k
 
     def _merged_weight(self) -> nn.Parameter:
