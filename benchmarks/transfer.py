@@ -50,6 +50,9 @@ METHODS = (
     "full",
     "unet",
 )
+# Learning rates fixed a priori (never tuned on the test split): 1e-3 for methods that train under 1%
+# of the model (layernorm, S-SAM), 1e-4 for those that train whole layers (decoder, LoRA + decoder,
+# GaLore, full), 1e-3 for the U-Net trained from scratch.
 PEFT_LR, FULL_LR, UNET_LR = 1e-3, 1e-4, 1e-3
 RESULT_FIELDS = (
     "method",
@@ -94,12 +97,15 @@ def method_recipe(method: str, text_encoder: str | None, galore_rank: int) -> di
         recipe["class_prompt"] = "none"
     elif method == "decoder":
         recipe["adapters"] = [{"name": "decoder"}]
+        recipe["lr"] = FULL_LR
     elif method == "layernorm":
         recipe["adapters"] = [{"name": "layernorm"}]
     elif method == "lora":
         recipe["adapters"] = [{"name": "lora", "r": 4}, {"name": "decoder"}]
+        recipe["lr"] = FULL_LR
     elif method == "vector_lora":
         recipe["adapters"] = [{"name": "vector_lora", "r_max": 14, "r_min": 8}, {"name": "decoder"}]
+        recipe["lr"] = FULL_LR
     elif method in ("ssam", "ssam_text"):
         recipe["adapters"] = [
             {"name": "svd"},
