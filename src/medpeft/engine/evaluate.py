@@ -45,9 +45,9 @@ def evaluate(
         probs = torch.sigmoid(logits).cpu()
         for i, index in enumerate(batch["index"].tolist()):
             meta = dataset.get_meta(index)
-            keep = batch["class_valid"][i].cpu().numpy()  # skip labels the image is not annotated for
-            names = [labels[j] for j in batch["class_ids"][i][keep].tolist()]
-            prob = undo_resize(probs[i][torch.from_numpy(keep)], meta, "bilinear").numpy()
+            keep = batch["class_valid"][i].cpu()  # skip labels the image is not annotated for
+            names = [labels[j] for j in batch["class_ids"][i].cpu()[keep].tolist()]
+            prob = undo_resize(probs[i][keep], meta, "bilinear").numpy()
             pred = prob > threshold
             truth = load_masks(dataset.records[index], names)
             px = meta.get("spacing") or spacing
