@@ -31,15 +31,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import gc
 import json
 import os
 import platform
 import re
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -47,6 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from process_memory import (
+    current_rss_mib,
+    emit_result,
+    peak_rss_mib,
+    release_free_heap,
+    reset_peak_rss,
+    run_marked_worker,
+)
 from torch import nn
 
 SSAM: list[dict[str, Any]] = [{"name": "svd"}, {"name": "layernorm"}, {"name": "pos_embed"}]
@@ -63,46 +68,6 @@ TARGETS = {
     "merged_inference": 0.02,  # merged inference within 2% of the base model
     "memory_vs_lora": 1.2,  # peak memory at most 1.2x LoRA's
 }
-RESULT_MARKER = "#RESULT "
-MIB = 1024.0 * 1024.0
-
-
-# ---------------------------------------------------------------- memory readings
-
-
-def current_rss_mib() -> float:
-    """Resident set size now, in MiB."""
-    pages = int(Path("/proc/self/statm").read_text().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / MIB
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux >= 4.0); False where impossible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def release_free_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc ``malloc_trim``), so that RSS counts live memory only."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def peak_rss_mib() -> float:
-    """Peak RSS of this process (``VmHWM``; ``ru_maxrss`` where /proc is absent), in MiB."""
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024.0  # type: ignore[union-attr]
-    except (OSError, AttributeError):
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / MIB if sys.platform == "darwin" else peak / 1024.0
-
-
 # ---------------------------------------------------------------- building and stepping
 
 
@@ -201,13 +166,7 @@ def run_worker(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """``measure_memory(name)`` in a fresh Python process."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--threads", str(args.threads)]
     cmd += ["--base", args.base, "--image-size", str(args.image_size), "--batch", str(args.batch)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - start
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]
-    if proc.returncode != 0 or not lines:
-        return {"config": name, "error": f"worker exited with {proc.returncode}", "wall_s": wall}
-    return dict(json.loads(lines[-1][len(RESULT_MARKER) :]), wall_s=wall)
+    return run_marked_worker(cmd, {"config": name})
 
 
 def round_robin(
@@ -538,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     if args.worker:
-        print(RESULT_MARKER + json.dumps(measure_memory(args.worker, args)), flush=True)
+        emit_result(measure_memory(args.worker, args))
         return 0
 
     setup = {

@@ -8,8 +8,8 @@ Methods: ``layernorm`` (encoder norms), ``lora`` (r=4 on qkv), ``decoder`` (mask
 encoder) and ``full``; the learned class prompt trains in every one.
 
 Each method runs in a fresh subprocess, so its memory figures are its own: ``peak`` is the process's
-peak RSS (``ru_maxrss``), ``rss0`` the RSS right before the first step (model and optimizer built),
-and ``train peak`` = ``peak - rss0``, the extra memory the steps need (activations, gradients,
+peak RSS (``VmHWM``, never reset here, so equal to ``ru_maxrss``), ``rss0`` the RSS right before the
+first step (model and optimizer built), and ``train peak`` = ``peak - rss0``, the extra memory the steps need (activations, gradients,
 optimizer state). One warm-up step (which also allocates the AdamW state) is excluded from the
 timings; the reported times are medians over ``--steps`` timed steps. ``cpu s`` is the process's CPU
 time per step (all threads): with ``--threads 1`` it measures the work itself and barely moves when
@@ -24,13 +24,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from process_memory import current_rss_mib, emit_result, peak_rss_mib, run_marked_worker
 
 METHODS: dict[str, list[dict[str, Any]]] = {
     "layernorm": [{"name": "layernorm"}],
@@ -38,23 +38,6 @@ METHODS: dict[str, list[dict[str, Any]]] = {
     "decoder": [{"name": "decoder"}],
     "full": [{"name": "full"}],
 }
-RESULT_MARKER = "#RESULT "
-MIB = 1024.0 * 1024.0
-
-
-def current_rss_mib() -> float:
-    """Resident set size now, in MiB (``/proc/self/statm``; falls back to the peak where absent)."""
-    try:
-        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return resident_pages * os.sysconf("SC_PAGE_SIZE") / MIB
-    except (OSError, ValueError, IndexError):
-        return peak_rss_mib()
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process, in MiB (``ru_maxrss`` is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MIB if sys.platform == "darwin" else peak / 1024.0
 
 
 def measure(method: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -157,13 +140,7 @@ def run_worker(method: str, args: argparse.Namespace) -> dict[str, Any]:
     ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - start
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARKER)]
-    if proc.returncode != 0 or not lines:
-        return {"method": method, "error": f"worker exited with {proc.returncode}", "wall_s": wall}
-    return dict(json.loads(lines[-1][len(RESULT_MARKER) :]), wall_s=wall)
+    return run_marked_worker(cmd, {"method": method})
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -203,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         args.steps = 2 if args.quick else 5
 
     if args.worker:
-        print(RESULT_MARKER + json.dumps(measure(args.worker, args)), flush=True)
+        emit_result(measure(args.worker, args))
         return 0
 
     config = {

@@ -16,7 +16,7 @@ pos-embed; box/point prompts only), ssam_text (the same with label-name prompts:
 ``--text-encoder``, else a learned embedding per label), galore_srft / galore_svd (attention
 weights under GaLore-AdamW), full, and unet (MONAI U-Net from scratch, automatic mode only).
 
-Each run is a fresh subprocess, so its peak memory (``ru_maxrss`` after training) and time are its
+Each run is a fresh subprocess, so its peak memory (peak RSS after training) and time are its
 own. Writes ``OUT/results.json`` (every run and the mean/std over seeds), ``OUT/table.md`` and
 ``OUT/dice_vs_params.png`` (Dice against trainable parameters, log x, like S-SAM's Figure 4).
 """
@@ -28,7 +28,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from process_memory import peak_rss_mib
 
 METHODS = (
     "zero_shot",
@@ -160,11 +160,6 @@ def job_config(job: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- one run (worker)
 
 
-def _peak_rss_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
-
-
 def _scores(summary: dict[str, Any], key: str) -> float:
     return float(summary["mean"][key])
 
@@ -220,7 +215,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             val_every=cfg.train.val_every,
             progress=False,
         )
-        row["train_seconds"], row["peak_rss_mib"] = time.perf_counter() - t0, _peak_rss_mib()
+        row["train_seconds"], row["peak_rss_mib"] = time.perf_counter() - t0, peak_rss_mib()
         model, row["steps"], row["val_dice"] = res.model, res.steps, res.best_val_dice
         run_dir.mkdir(parents=True, exist_ok=True)
         save_file(
@@ -234,7 +229,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         model, _ = build_model(cfg, splits.label_names, announce=False)
         model.eval()
         row.update(
-            train_seconds=0.0, peak_rss_mib=_peak_rss_mib(), steps=0, val_dice=math.nan, adapter_bytes=0
+            train_seconds=0.0, peak_rss_mib=peak_rss_mib(), steps=0, val_dice=math.nan, adapter_bytes=0
         )
         row.update(trainable=0, total_params=trainable_share(model)[1], optimizer_state=0)
         row.update(_evaluate(model, test_ds, ("box", "auto"), run_dir))
@@ -243,7 +238,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         from medpeft.engine.trainer import train
 
         result = train(cfg, overwrite=True, progress=False)
-        row["train_seconds"], row["peak_rss_mib"] = time.perf_counter() - t0, _peak_rss_mib()
+        row["train_seconds"], row["peak_rss_mib"] = time.perf_counter() - t0, peak_rss_mib()
         row["steps"], row["val_dice"] = result.steps, result.best_dice
         best = ckpt.resolve_checkpoint(run_dir)
         row["adapter_bytes"] = (best / ckpt.ADAPTER_FILE).stat().st_size

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load_transfer():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # as when run as a script: its sibling modules import
     spec = importlib.util.spec_from_file_location("transfer_benchmark", ROOT / "benchmarks" / "transfer.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["transfer_benchmark"] = module
