@@ -67,6 +67,26 @@ def _slice_cache(tmp_path_factory):
         os.environ["MEDPEFT_CACHE"] = previous
 
 
+def train_killed_at_loss_call(cfg, call: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``train(cfg)`` and kill it (KeyboardInterrupt) inside its ``call``-th loss evaluation."""
+    from medpeft.engine.losses import SegmentationLoss
+    from medpeft.engine.trainer import train
+
+    calls = {"n": 0}
+    original = SegmentationLoss.forward
+
+    def killed(self, logits, target, valid=None):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise KeyboardInterrupt
+        return original(self, logits, target, valid)
+
+    monkeypatch.setattr(SegmentationLoss, "forward", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    monkeypatch.setattr(SegmentationLoss, "forward", original)
+
+
 @pytest.fixture
 def shapes_dataset(tmp_path: Path) -> Path:
     return make_shapes_dataset(tmp_path / "shapes")

@@ -14,11 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_shapes_dataset, tiny_config_dict
+from conftest import make_shapes_dataset, tiny_config_dict, train_killed_at_loss_call
 from medpeft.config import Config, ConfigError, load_config, parse_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_model, build_optimizer
-from medpeft.engine.losses import SegmentationLoss
 from medpeft.engine.report import optimizer_report
 from medpeft.engine.trainer import train
 from medpeft.optim import GaLoreAdamW, build_galore_param_groups
@@ -127,20 +126,8 @@ def test_resume_after_kill_matches_uninterrupted_run(
         progress=False,
     )
 
-    calls = {"n": 0}
-    original = SegmentationLoss.forward
-
-    def killed(self, logits, target, valid=None):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return original(self, logits, target, valid)
-
     cfg = _cfg(big_shapes, tmp_path / "killed", projector, update_gap=4, epochs=3, checkpoint_every=1)
-    monkeypatch.setattr(SegmentationLoss, "forward", killed)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, progress=False)
-    monkeypatch.setattr(SegmentationLoss, "forward", original)
+    train_killed_at_loss_call(cfg, 6, monkeypatch)
     last = ckpt.resolve_pointer(cfg.train.output_dir, "last")
     assert last is not None and last.name == "step-000005"
     saved = _galore_states(ckpt.load_training_state(last)["optimizer"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import SamModel
 
-from conftest import tiny_config_dict
+from conftest import tiny_config_dict, train_killed_at_loss_call
 from medpeft.config import parse_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_dataset, build_splits
@@ -68,20 +68,8 @@ def test_resume_after_kill_continues_the_same_loss_curve(
 ) -> None:
     full = train(_cfg(shapes_dataset, tmp_path / "full", epochs=3, checkpoint_every=1), progress=False)
 
-    calls = {"n": 0}
-    original = SegmentationLoss.forward
-
-    def killed(self, logits, target, valid=None):
-        calls["n"] += 1
-        if calls["n"] == 6:  # dies in the middle of step 6
-            raise KeyboardInterrupt
-        return original(self, logits, target, valid)
-
     cfg = _cfg(shapes_dataset, tmp_path / "killed", epochs=3, checkpoint_every=1)
-    monkeypatch.setattr(SegmentationLoss, "forward", killed)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, progress=False)
-    monkeypatch.setattr(SegmentationLoss, "forward", original)
+    train_killed_at_loss_call(cfg, 6, monkeypatch)  # dies in the middle of step 6
     last = ckpt.resolve_pointer(cfg.train.output_dir, "last")
     assert last is not None and last.name == "step-000005"
     with pytest.raises(RunDirExists, match="--resume"):
