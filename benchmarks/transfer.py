@@ -242,25 +242,16 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         row["steps"], row["val_dice"] = result.steps, result.best_dice
         best = ckpt.resolve_checkpoint(run_dir)
         row["adapter_bytes"] = (best / ckpt.ADAPTER_FILE).stat().st_size
-        view = _trainable_view(cfg, splits.label_names)
-        trainable, total = trainable_share(view)
+        model, _, _ = load_trained(best)  # built as in training: the same tensors are trainable
+        trainable, total = trainable_share(model)
         row.update(
             trainable=trainable,
             total_params=total,
-            optimizer_state=optimizer_state_numel(build_optimizer(cfg, view)),
+            optimizer_state=optimizer_state_numel(build_optimizer(cfg, model)),
         )
-        del view
-        model, _, _ = load_trained(best)
         row.update(_evaluate(model, test_ds, ("box", "auto"), run_dir))
     row["trainable_share"] = row["trainable"] / max(1, row["total_params"])
     return row
-
-
-def _trainable_view(cfg: Any, labels: list[str]) -> Any:
-    """A freshly built model with exactly the method's trainable tensors (for the counts)."""
-    from medpeft.engine.build import build_model
-
-    return build_model(cfg, labels, announce=False)[0]
 
 
 # ----------------------------------------------------------------------------- orchestration
