@@ -129,6 +129,8 @@ class SegmentationDataset(Dataset):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(class ids, valid flags, masks) of an item's slots from its annotated masks."""
         ids = np.array(self.annotated_ids(index), np.int64)
+        if self.classes_per_image is None and len(ids) == self.num_classes:  # annotated for every label
+            return ids, np.ones(self.num_classes, bool), masks
         if self.classes_per_image is None:
             full = np.zeros((self.num_classes, *masks.shape[1:]), bool)
             full[ids] = masks
