@@ -304,6 +304,7 @@ def training_times(
             "forward_s": statistics.median(fwd),
             "backward_s": statistics.median(bwd),
             "optimizer_s": statistics.median(opt),
+            "trainable": sum(p.numel() for p in steppers[name].params),
             "steps_s": totals,
         }
     times["ssam_auto"]["build_s"] = ssam_build_s
@@ -355,6 +356,26 @@ def inference_times(ssam: nn.Module, args: argparse.Namespace) -> dict[str, Any]
     out["merge_max_abs_diff"] = diff
     out["merged_same_structure_as_base"] = same_structure
     return out
+
+
+def predicted_step_time(
+    layers: list[dict[str, Any]], choices: list[dict[str, Any]], lora_step: float
+) -> dict[str, Any]:
+    """The S-SAM step time the per-layer table predicts: LoRA's step plus, for every SVD layer of the model,
+    the extra seconds of its faster path (factorised or rebuild) over a frozen dense layer of that shape
+    and token count, i.e. the cost of the extra multiply-adds alone (everything else in the step is the
+    same work for both methods)."""
+    rows = {(r["layer"].split(" ")[0], r["tokens"]): r for r in layers}
+    extra = 0.0
+    for c in choices:
+        row = rows[(c["layer"].split(".")[-2] + "." + c["layer"].split(".")[-1], c["tokens"])]
+        extra += min(row["train_factorised"], row["train_rebuild"]) - row["train_dense"]
+    return {
+        "lora_step_s": lora_step,
+        "extra_s": extra,
+        "predicted_s": lora_step + extra,
+        "predicted_vs_lora": 1 + extra / lora_step,
+    }
 
 
 def evaluate_targets(
@@ -442,7 +463,7 @@ def print_report(result: dict[str, Any]) -> None:
             else f"{m.get('error', 'n/a'):>30}"
         )
         print(
-            f"{name:<16}{m.get('trainable', 0):>11,}{t['step_s']:>8.2f}{t['forward_s']:>7.2f}{t['backward_s']:>7.2f}"
+            f"{name:<16}{t['trainable']:>11,}{t['step_s']:>8.2f}{t['forward_s']:>7.2f}{t['backward_s']:>7.2f}"
             f"{t['optimizer_s']:>7.2f}{t['step_s'] / lora:>8.2f}x{mems}"
         )
     print(f"\nInference (no grad), median of {setup['reps']}")
@@ -468,6 +489,13 @@ def print_report(result: dict[str, Any]) -> None:
     print(
         f"\nauto in the model: {sum(c['factorised'] for c in picks)}/{len(picks)} layers factorised; rebuild: "
         f"{', '.join(rebuilt) if rebuilt else 'none'}"
+    )
+    pred = result["step_prediction"]
+    print(
+        f"\nStep time the per-layer table predicts: LoRA {pred['lora_step_s']:.2f} s + the faster S-SAM path's extra "
+        f"over a dense layer, summed over the model's {len(picks)} SVD layers, {pred['extra_s']:.2f} s = "
+        f"{pred['predicted_s']:.2f} s = {pred['predicted_vs_lora']:.2f}x LoRA (measured: "
+        f"{result['training']['ssam_auto']['step_s'] / pred['lora_step_s']:.2f}x)"
     )
     print("\nTargets")
     for t in result["targets"]:
@@ -535,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         infer = inference_times(ssam, args)
         result.update(training=times, memory=mem, inference=infer, auto_choices=choices)
         result["targets"] = evaluate_targets(mem, times, infer)
+        result["step_prediction"] = predicted_step_time(result["layers"], choices, times["lora_r4"]["step_s"])
         print_report(result)
     result["wall_s"] = time.perf_counter() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)

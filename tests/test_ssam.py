@@ -67,9 +67,9 @@ def _family(name: str) -> str:
 # ---------------------------------------------------------------- ViT-B parameter count (medpeft info)
 
 
-def _shape_only_factors(self: _SVDLayer) -> None:
+def _shape_only_factors(self: _SVDLayer, weight: torch.Tensor) -> None:
     """Stand-in for ``refresh_factors``: meta buffers of the right shapes, no decomposition."""
-    d, k = self.weight.shape[0], self.weight[0].numel()
+    d, k = weight.shape[0], weight[0].numel()
     r = min(d, k)
     for name, shape in (("U", (d, r)), ("S", (r,)), ("Vh", (r, k))):
         self.register_buffer(name, torch.empty(shape, device="meta"), persistent=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 
 import pytest
@@ -25,6 +26,7 @@ from medpeft.adapters.svd import (
     svd_penalty,
     svd_regularizer,
 )
+from medpeft.engine.report import trainable_share
 
 ATOL = 1e-5
 
@@ -246,6 +248,28 @@ def test_state_dict_holds_no_factors_and_reload_refreshes(model: Segmenter, base
     new_weight = torch.randn_like(layer.weight)
     model.load_state_dict({"sam.vision_encoder.layers.0.attn.proj.weight": new_weight}, strict=False)
     torch.testing.assert_close(layer.effective_matrix(), new_weight, atol=ATOL, rtol=0)
+    model.load_state_dict(model.state_dict())  # strict: no key missing or unexpected
+    torch.testing.assert_close(layer.effective_matrix(), new_weight, atol=ATOL, rtol=0)
+
+
+def test_layer_keeps_the_factors_instead_of_the_base_weight(model: Segmenter, base_sam: SamModel) -> None:
+    base_state = {"sam." + k: v for k, v in base_sam.state_dict().items()}
+    base_total = sum(p.numel() for p in model.parameters())
+    apply_svd(model, SVDConfig(include_neck=True))
+    assert any(isinstance(m, SVDConv2d) for m in model.modules())
+    for name, layer in model.named_modules():
+        if not isinstance(layer, SVDLinear | SVDConv2d):
+            continue
+        stored = {n: t.numel() for n, t in [*layer.named_parameters(), *layer.named_buffers()]}
+        d, k = layer.weight_shape[0], math.prod(layer.weight_shape[1:])
+        r = min(d, k)
+        expected = {"scale": r, "shift": r, "U": d * r, "S": r, "Vh": r * k}
+        assert stored == expected | ({"bias": d} if layer.bias is not None else {})
+        torch.testing.assert_close(
+            model.state_dict()[name + ".weight"], base_state[name + ".weight"], atol=ATOL, rtol=0
+        )
+    scale_shift = sum(2 * layer.scale.numel() for layer in svd_layers(model))
+    assert trainable_share(model) == (scale_shift, base_total + scale_shift)  # the base weights still count
 
 
 def test_config_validation_and_registry(model: Segmenter) -> None:

@@ -5,6 +5,11 @@ not rescale the spectrum of the pretrained weight). Per adapted ``[D, K]`` matri
 (init 1) and shift ``B`` (init 0), each of length ``min(D, K)``, are trained; ``U, S, Vh`` are frozen,
 non-persistent buffers recomputed from the base weight (the signs SVD picks for ``u_i, v_i`` cancel in
 ``W'``, so the per-index ``A, B`` mean the same thing after any recomputation).
+
+The layer keeps ``U, S, Vh`` *instead of* the base weight (which they reproduce to float rounding), so
+it costs ``r (D + K) + r`` numbers where LoRA's base layer costs ``D K``. ``weight`` is rebuilt on
+demand, the state dict still holds it under its original key (a loaded ``weight`` re-decomposes), and
+``factorised_weight_numel`` lets parameter accounting count it as the frozen base parameter it is.
 """
 
 from __future__ import annotations
@@ -53,25 +58,22 @@ class SVDConfig(MethodConfig):
 class _SVDLayer(nn.Module):
     """Frozen SVD of the base matrix plus the trainable scale ``A`` and shift ``B``."""
 
-    weight: nn.Parameter
     bias: nn.Parameter | None
 
     def __init__(self, base: nn.Linear | nn.Conv2d, train_scale: bool, train_shift: bool, mode: str) -> None:
         super().__init__()
-        base.weight.requires_grad_(False)
         if base.bias is not None:
             base.bias.requires_grad_(False)
-        self.weight, self.bias = base.weight, base.bias
-        rank = min(self.weight.shape[0], self.weight[0].numel())
-        kw: dict[str, Any] = {"device": self.weight.device, "dtype": self.weight.dtype}
+        self.bias = base.bias
+        self.weight_shape = tuple(base.weight.shape)
+        self.factorised_weight_numel = base.weight.numel()
+        rank = min(self.weight_shape[0], base.weight[0].numel())
+        kw: dict[str, Any] = {"device": base.weight.device, "dtype": base.weight.dtype}
         self.scale = nn.Parameter(torch.ones(rank, **kw), requires_grad=train_scale)
         self.shift = nn.Parameter(torch.zeros(rank, **kw), requires_grad=train_shift)
         self.mode = mode
         self.reg_weight = 0.0
-        self.refresh_factors()
-        self._reloaded = False
-        self.register_load_state_dict_pre_hook(_note_weight_reload)
-        self.register_load_state_dict_post_hook(_refresh_after_reload)
+        self.refresh_factors(base.weight)
 
     @property
     def mode(self) -> str:
@@ -83,13 +85,34 @@ class _SVDLayer(nn.Module):
             raise ValueError(f"unknown SVD mode {value!r}; expected one of: {', '.join(_MODES)}")
         self._mode = value
 
+    @property
+    def weight(self) -> Tensor:
+        """The frozen base weight ``U diag(S) Vh``, rebuilt (not stored; no gradient)."""
+        with torch.no_grad():
+            return ((self.U * self.S) @ self.Vh).view(self.weight_shape)
+
     @torch.no_grad()
-    def refresh_factors(self) -> None:
-        """(Re)compute ``U, S, Vh`` from the current base weight, in float64, deterministically."""
-        matrix = self.weight.detach().flatten(1).double()
-        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    def refresh_factors(self, weight: Tensor) -> None:
+        """(Re)compute ``U, S, Vh`` from base ``weight``, in float64, deterministically."""
+        if tuple(weight.shape) != self.weight_shape:
+            raise ValueError(
+                f"base weight of shape {tuple(weight.shape)} for a layer of shape {self.weight_shape}"
+            )
+        u, s, vh = torch.linalg.svd(weight.detach().flatten(1).double(), full_matrices=False)
+        kw: dict[str, Any] = {"device": self.scale.device, "dtype": self.scale.dtype}
         for name, value in (("U", u), ("S", s), ("Vh", vh)):
-            self.register_buffer(name, value.to(self.weight.dtype).contiguous(), persistent=False)
+            self.register_buffer(name, value.to(**kw).contiguous(), persistent=False)
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        destination[prefix + "weight"] = self.weight  # under the base layer's key, as if never adapted
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        if (
+            prefix + "weight" in state_dict
+        ):  # a new base weight: decompose it (and do not report it unexpected)
+            self.refresh_factors(state_dict.pop(prefix + "weight"))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def singular_values(self) -> Tensor:
         """The tuned spectrum ``ReLU(A * S + B)``."""
@@ -121,17 +144,7 @@ class _SVDLayer(nn.Module):
     def _merged_weight(self) -> nn.Parameter:
         with torch.no_grad():
             matrix = (self.U.double() * self.singular_values().double()) @ self.Vh.double()
-        return nn.Parameter(matrix.to(self.weight.dtype).view_as(self.weight), requires_grad=False)
-
-
-def _note_weight_reload(module: _SVDLayer, state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
-    module._reloaded = prefix + "weight" in state_dict
-
-
-def _refresh_after_reload(module: _SVDLayer, incompatible_keys: Any) -> None:
-    if module._reloaded:
-        module.refresh_factors()
-        module._reloaded = False
+        return nn.Parameter(matrix.to(self.U.dtype).view(self.weight_shape), requires_grad=False)
 
 
 class SVDLinear(_SVDLayer):
@@ -176,10 +189,10 @@ class SVDConv2d(_SVDLayer):
         batch = x.shape[0] if x.dim() == 4 else 1
         positions = batch * x.shape[-2] * x.shape[-1] // (self.stride[0] * self.stride[1])
         if self.use_factorised(positions):
-            h = F.conv2d(x, self.Vh.view(-1, *self.weight.shape[1:]), None, **conv)
+            h = F.conv2d(x, self.Vh.view(-1, *self.weight_shape[1:]), None, **conv)
             h = h * self.singular_values()[:, None, None]
             return F.conv2d(h, self.U[:, :, None, None], self.bias)
-        return F.conv2d(x, self.effective_matrix().view_as(self.weight), self.bias, **conv)
+        return F.conv2d(x, self.effective_matrix().view(self.weight_shape), self.bias, **conv)
 
     def merge(self) -> nn.Conv2d:
         """A plain ``nn.Conv2d`` with ``W'`` baked in (same bias tensor)."""

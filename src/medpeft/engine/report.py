@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 
 from torch import nn
 
@@ -18,20 +19,32 @@ def group_of(name: str) -> str:
     return "other"
 
 
+def named_parameter_sizes(model: nn.Module) -> Iterator[tuple[str, int, bool]]:
+    """(name, numel, trainable) of every parameter, plus each frozen base weight a module holds in another
+    form: S-SAM's SVD layers keep ``U, S, Vh`` instead of ``W`` and declare ``factorised_weight_numel``,
+    so shares stay shares of the base model's parameters."""
+    for name, p in model.named_parameters():
+        yield name, p.numel(), p.requires_grad
+    for name, module in model.named_modules():
+        numel = getattr(module, "factorised_weight_numel", 0)
+        if numel:
+            yield f"{name}.weight", numel, False
+
+
 def parameter_counts(model: nn.Module) -> OrderedDict[str, tuple[int, int]]:
     """(trainable, total) numbers of parameters per model part."""
     counts: OrderedDict[str, tuple[int, int]] = OrderedDict((g, (0, 0)) for g in (*GROUPS, "other"))
-    for name, p in model.named_parameters():
+    for name, numel, trains in named_parameter_sizes(model):
         g = group_of(name)
         t, n = counts[g]
-        counts[g] = (t + (p.numel() if p.requires_grad else 0), n + p.numel())
+        counts[g] = (t + (numel if trains else 0), n + numel)
     return OrderedDict((g, c) for g, c in counts.items() if c[1])
 
 
 def trainable_share(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) over the whole model."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    sizes = list(named_parameter_sizes(model))
+    return sum(n for _, n, trains in sizes if trains), sum(n for _, n, _ in sizes)
 
 
 def parameter_report(model: nn.Module, cfg: Config) -> str:
