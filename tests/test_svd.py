@@ -250,6 +250,12 @@ def test_state_dict_holds_no_factors_and_reload_refreshes(model: Segmenter, base
     torch.testing.assert_close(layer.effective_matrix(), new_weight, atol=ATOL, rtol=0)
     model.load_state_dict(model.state_dict())  # strict: no key missing or unexpected
     torch.testing.assert_close(layer.effective_matrix(), new_weight, atol=ATOL, rtol=0)
+    with pytest.raises(
+        RuntimeError, match=r"size mismatch for sam\.vision_encoder\.layers\.0\.attn\.proj\.weight"
+    ):
+        model.load_state_dict(
+            {"sam.vision_encoder.layers.0.attn.proj.weight": torch.zeros(3, 3)}, strict=False
+        )
 
 
 def test_layer_keeps_the_factors_instead_of_the_base_weight(model: Segmenter, base_sam: SamModel) -> None:

@@ -107,12 +107,29 @@ class _SVDLayer(nn.Module):
         destination[prefix + "weight"] = self.weight  # under the base layer's key, as if never adapted
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        if (
-            prefix + "weight" in state_dict
-        ):  # a new base weight: decompose it (and do not report it unexpected)
-            self.refresh_factors(state_dict.pop(prefix + "weight"))
-        super()._load_from_state_dict(state_dict, prefix, *args)
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        key = prefix + "weight"
+        if key in state_dict:  # a new base weight: decompose it (popped, so it is not reported unexpected)
+            weight = state_dict.pop(key)
+            if tuple(weight.shape) == self.weight_shape:
+                self.refresh_factors(weight)
+            else:
+                error_msgs.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(weight.shape)}, "
+                    f"the shape in current model is {self.weight_shape}."
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def singular_values(self) -> Tensor:
         """The tuned spectrum ``ReLU(A * S + B)``."""
