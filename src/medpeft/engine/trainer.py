@@ -187,7 +187,7 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
                 if not torch.isfinite(loss):
                     bar.close()
                     raise NonFiniteLoss(
-                        f"loss became {float(loss)} at step {step} (terms {terms}); training stopped, the last good "
+                        f"loss became {loss.item()} at step {step} (terms {terms}); training stopped, the last good "
                         f"checkpoint is {ckpt.resolve_pointer(run_dir, 'last')}; lower train.lr or check the data"
                     )
                 accelerator.backward(loss)
