@@ -198,6 +198,23 @@ def test_text_prompts_give_one_mask_per_organ(clip_dir: Path) -> None:
     torch.testing.assert_close(swapped, logits.flip(1))
 
 
+def test_text_and_box_prompts_combine(clip_dir: Path) -> None:
+    cfg = load_config(CONFIGS / "ssam.yaml", [*TINY, f"model.text_encoder={clip_dir}"])
+    model, _ = build_model(cfg, ORGANS, announce=False)
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    box = torch.tensor([[[8.0, 8.0, 40.0, 40.0]]])
+    with torch.no_grad():
+        model.eval()
+        text_only = model(images, Prompts(class_ids=torch.tensor([[0]])))
+        both = model(images, Prompts(boxes=box, class_ids=torch.tensor([[0]])))
+        other_label = model(images, Prompts(boxes=box, class_ids=torch.tensor([[1]])))
+        moved_box = model(images, Prompts(boxes=box + 12, class_ids=torch.tensor([[0]])))
+    assert both.shape == text_only.shape == (1, 1, 64, 64)
+    assert not torch.allclose(both, text_only)  # the box is a prompt token beside the label's
+    assert not torch.allclose(both, other_label)  # and the label still matters with a box
+    assert not torch.allclose(both, moved_box)
+
+
 def test_adapter_file_holds_only_ssam_tensors(text_run: tuple[TrainResult, SamSegmenter]) -> None:
     result, _ = text_run
     directory = ckpt.resolve_checkpoint(result.run_dir)
