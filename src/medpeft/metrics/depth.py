@@ -65,6 +65,30 @@ def _mean(x: torch.Tensor) -> float:
     return float(x.mean()) if x.numel() else float("nan")
 
 
+# The formulas, on the 1-D valid pairs: the public functions below select those pairs, and
+# ``depth_metrics`` selects them once for all seven.
+
+
+def _abs_rel(p: torch.Tensor, g: torch.Tensor) -> float:
+    return _mean((g - p).abs() / g)
+
+
+def _sq_rel(p: torch.Tensor, g: torch.Tensor) -> float:
+    return _mean((g - p) ** 2 / g)
+
+
+def _rmse(p: torch.Tensor, g: torch.Tensor) -> float:
+    return _mean((g - p) ** 2) ** 0.5
+
+
+def _rmse_log(p: torch.Tensor, g: torch.Tensor) -> float:
+    return _mean((g.log() - p.log()) ** 2) ** 0.5
+
+
+def _delta(p: torch.Tensor, g: torch.Tensor, thresh: float, power: int) -> float:
+    return _mean((torch.maximum(p / g, g / p) < thresh**power).double())
+
+
 def abs_rel(
     pred: ArrayLike,
     gt: ArrayLike,
@@ -74,8 +98,7 @@ def abs_rel(
     max_depth: float | None = None,
 ) -> float:
     """Mean of ``|gt - pred| / gt``."""
-    p, g = _valid_pairs(pred, gt, mask, min_depth, max_depth)
-    return _mean((g - p).abs() / g)
+    return _abs_rel(*_valid_pairs(pred, gt, mask, min_depth, max_depth))
 
 
 def sq_rel(
@@ -87,8 +110,7 @@ def sq_rel(
     max_depth: float | None = None,
 ) -> float:
     """Mean of ``(gt - pred)^2 / gt``."""
-    p, g = _valid_pairs(pred, gt, mask, min_depth, max_depth)
-    return _mean((g - p) ** 2 / g)
+    return _sq_rel(*_valid_pairs(pred, gt, mask, min_depth, max_depth))
 
 
 def rmse(
@@ -100,8 +122,7 @@ def rmse(
     max_depth: float | None = None,
 ) -> float:
     """``sqrt(mean((gt - pred)^2))``."""
-    p, g = _valid_pairs(pred, gt, mask, min_depth, max_depth)
-    return _mean((g - p) ** 2) ** 0.5
+    return _rmse(*_valid_pairs(pred, gt, mask, min_depth, max_depth))
 
 
 def rmse_log(
@@ -113,8 +134,7 @@ def rmse_log(
     max_depth: float | None = None,
 ) -> float:
     """``sqrt(mean((ln gt - ln pred)^2))``; ``pred`` must be positive on valid pixels."""
-    p, g = _valid_pairs(pred, gt, mask, min_depth, max_depth, positive_pred=True)
-    return _mean((g.log() - p.log()) ** 2) ** 0.5
+    return _rmse_log(*_valid_pairs(pred, gt, mask, min_depth, max_depth, positive_pred=True))
 
 
 def delta_accuracy(
@@ -129,7 +149,7 @@ def delta_accuracy(
 ) -> float:
     """Fraction of pixels with ``max(pred/gt, gt/pred) < thresh**power`` (strict); ``pred`` must be positive."""
     p, g = _valid_pairs(pred, gt, mask, min_depth, max_depth, positive_pred=True)
-    return _mean((torch.maximum(p / g, g / p) < thresh**power).double())
+    return _delta(p, g, thresh, power)
 
 
 def median_scale(
@@ -165,14 +185,15 @@ def depth_metrics(
     min_depth: float | None = None,
     max_depth: float | None = None,
 ) -> dict[str, float]:
-    """All seven metrics in the usual order: abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3."""
-    kw = {"mask": mask, "min_depth": min_depth, "max_depth": max_depth}
+    """All seven metrics in the usual order: abs_rel, sq_rel, rmse, rmse_log, a1, a2, a3 (the valid pixels
+    are selected once; ``pred`` must be positive on them, as for ``rmse_log``)."""
+    p, g = _valid_pairs(pred, gt, mask, min_depth, max_depth, positive_pred=True)
     return {
-        "abs_rel": abs_rel(pred, gt, **kw),
-        "sq_rel": sq_rel(pred, gt, **kw),
-        "rmse": rmse(pred, gt, **kw),
-        "rmse_log": rmse_log(pred, gt, **kw),
-        "a1": delta_accuracy(pred, gt, power=1, **kw),
-        "a2": delta_accuracy(pred, gt, power=2, **kw),
-        "a3": delta_accuracy(pred, gt, power=3, **kw),
+        "abs_rel": _abs_rel(p, g),
+        "sq_rel": _sq_rel(p, g),
+        "rmse": _rmse(p, g),
+        "rmse_log": _rmse_log(p, g),
+        "a1": _delta(p, g, 1.25, 1),
+        "a2": _delta(p, g, 1.25, 2),
+        "a3": _delta(p, g, 1.25, 3),
     }
