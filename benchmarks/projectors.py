@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import re
 import statistics
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import machine_info
 
 from medpeft.optim.projectors import (
     captured_energy,
@@ -535,8 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device,
         "dtype": "float32",
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
+        **machine_info(),
     }
     rows: list[dict[str, Any]] = []
     totals: list[dict[str, Any]] = []

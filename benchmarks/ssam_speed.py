@@ -33,8 +33,6 @@ import argparse
 import copy
 import gc
 import json
-import os
-import platform
 import re
 import statistics
 import sys
@@ -44,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from machine import machine_info
 from process_memory import (
     current_rss_mib,
     emit_result,
@@ -535,10 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "reps": args.reps,
         "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        **machine_info(),
     }
     print(f"# ssam speed benchmark: {json.dumps(setup)}", file=sys.stderr, flush=True)
     started = time.perf_counter()

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from machine import machine_info
 from process_memory import current_rss_mib, emit_result, peak_rss_mib, run_marked_worker
 
 METHODS: dict[str, list[dict[str, Any]]] = {
@@ -194,9 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "warmup_steps": 1,
         "threads_requested": args.threads,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
+        **machine_info(),
     }
     print(f"# train-step benchmark: {json.dumps(config)}", file=sys.stderr, flush=True)
     rows = []

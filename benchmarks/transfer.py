@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import machine_info
 from process_memory import peak_rss_mib
 
 METHODS = (
@@ -504,11 +504,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target": str(args.target),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(),
         "wall_seconds": time.perf_counter() - t0,
         "runs": [{k: r.get(k) for k in RESULT_FIELDS} for r in rows],
         "summary": summary,
