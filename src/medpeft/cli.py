@@ -67,26 +67,46 @@ def train(
     config: Annotated[Path, typer.Argument(help="YAML config")],
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run's last checkpoint")] = False,
+    resume_from: Annotated[
+        Path | None,
+        typer.Option(help="Continue from this checkpoint of the run (later ones are dropped)"),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory")] = False,
 ) -> None:
     """Fine-tune a model as the config says."""
     from medpeft.config import load_config
     from medpeft.engine.trainer import train as run_train
 
+    resume = resume or resume_from is not None
     with _one_line_errors():
         cfg = load_config(config, set_)
         overwrite = overwrite or (not resume and _confirm_overwrite(Path(cfg.train.output_dir)))
-        result = run_train(cfg, resume=resume, overwrite=overwrite)
-    typer.echo(
-        f"done: {result.steps} steps, best validation Dice {result.best_dice:.4f}; run in {result.run_dir}"
+        result = run_train(cfg, resume=resume, overwrite=overwrite, resume_from=resume_from)
+    best = (
+        "no validation split (the last checkpoint stands for the run)"
+        if result.best_dice is None
+        else f"best validation Dice {result.best_dice:.4f}"
     )
+    typer.echo(f"done: {result.steps} steps, {best}; run in {result.run_dir}")
+
+
+SPLITS = ("train", "val", "test", "all")
+PROMPT_MODES = ("box", "point", "box+point", "auto")
+EMPTY_SCORES = ("one", "nan")
+
+
+def _choice(option: str, value: str | None, valid: tuple[str, ...]) -> None:
+    if value is not None and value not in valid:
+        _fail(f"{option} {value!r} is not one of: {', '.join(valid)}")
 
 
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory")],
     data: Annotated[Path | None, typer.Option(help="Dataset root (default: the training data)")] = None,
-    split: Annotated[str, typer.Option(help="train, val, test, or all")] = "test",
+    split: Annotated[
+        str | None, typer.Option(help="train, val, test or all (default: test; all with --data)")
+    ] = None,
     prompt: Annotated[
         str | None, typer.Option(help="box, point, box+point or auto (default: config)")
     ] = None,
@@ -98,32 +118,42 @@ def evaluate(
     ] = None,
 ) -> None:
     """Score a checkpoint: per-image CSV, summary JSON, table and overlays."""
+    from dataclasses import replace
+
     from medpeft.engine.build import build_dataset, build_splits
     from medpeft.engine.evaluate import evaluate as run_eval
     from medpeft.engine.evaluate import format_table
     from medpeft.engine.restore import load_trained
 
+    _choice("--split", split, SPLITS)
+    _choice("--prompt", prompt, PROMPT_MODES)
+    _choice("--empty-score", empty_score, EMPTY_SCORES)
+    split = split or ("all" if data else "test")
     with _one_line_errors():
         model, record, cfg = load_trained(checkpoint)
         splits = build_splits(cfg, data)
-        _check_labels(splits.label_names, record["label_names"])
-        records = (
-            splits.train + splits.val + splits.test if split == "all" or data else getattr(splits, split)
-        )
+        trained = record["label_names"]
+        _check_labels(splits.label_names, trained)
+        records = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
         if not records:
-            _fail(f"the {split!r} split is empty")
+            _fail(f"the {split!r} split of {data or 'the training data'} is empty")
+        skipped = [n for n in trained if n not in splits.label_names]
+        if skipped:  # score only what this dataset annotates, as training does
+            records = [replace(r, annotated=r.annotated or tuple(splits.label_names)) for r in records]
+            typer.echo(f"labels not annotated in {data or 'the data'}, not scored: {', '.join(skipped)}")
         mode = prompt or cfg.prompts.eval_mode
         out = out or Path(cfg.train.output_dir) / f"eval-{split}-{mode.replace('+', '_')}"
         score = cfg.eval.empty_score if empty_score is None else empty_score
         summary = run_eval(
             model,
-            build_dataset(cfg, records, record["label_names"], train=False),
+            build_dataset(cfg, records, trained, train=False),
             mode,
             out,
             empty_score=1.0 if score == "one" else float("nan"),
             threshold=cfg.eval.threshold,
             spacing=cfg.data.spacing,
             surface=cfg.eval.surface_metrics,
+            not_scored=skipped,
         )
     typer.echo(format_table(summary))
     typer.echo(f"wrote {out}/per_image.csv, summary.json and overlays/")
@@ -143,19 +173,39 @@ def predict(
     prompts: Annotated[
         Path | None, typer.Option(help="JSON with boxes/points per image; none = automatic")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier medpeft prediction output in --out (nothing else)")
+    ] = False,
 ) -> None:
-    """Segment new images; writes PNG label maps and overlays."""
+    """Segment new images; writes PNG label maps and overlays.
+
+    Exit code 0: all written; 1: some input files could not be read (the rest are written, failures listed
+    in predictions.json); 2: nothing written (bad prompts, inputs, checkpoint or output folder).
+    """
+    from medpeft.engine.predict import check_output_dir
     from medpeft.engine.predict import predict as run_predict
     from medpeft.engine.restore import load_trained
 
     with _one_line_errors():
+        check_output_dir(out, overwrite)  # cheap, before loading the model; predict() checks again
         model, record, cfg = load_trained(checkpoint)
-        results = run_predict(
-            model, inputs, out, prompts, cfg.data.resize, cfg.data.normalize, cfg.eval.threshold
+        report = run_predict(
+            model,
+            inputs,
+            out,
+            prompts,
+            cfg.data.resize,
+            cfg.data.normalize,
+            cfg.eval.threshold,
+            overwrite=overwrite,
         )
-    typer.echo(
-        f"{len(results)} image(s): masks in {out}/masks, overlays in {out}/overlays (labels: {record['label_names']})"
-    )
+    written, failed = report["images"], report["failed"]
+    typer.echo(f"{len(written)} image(s) written, {len(failed)} failed" + (":" if failed else ""))
+    for item in failed:
+        typer.echo(f"  {item['image']}: {item['error']}")
+    typer.echo(f"masks in {out}/masks, overlays in {out}/overlays (labels: {record['label_names']})")
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -194,9 +244,10 @@ def merge(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder")] = False,
 ) -> None:
     """Fold adapters into the base weights and write a plain ``SamModel.from_pretrained`` directory."""
-    from medpeft.engine.merge import merge_checkpoint
+    from medpeft.engine.merge import HEAD_RECORD, merge_checkpoint
 
-    if out.exists() and any(out.iterdir()) and not (overwrite or _confirm_overwrite(out)):
+    is_merge = (out / HEAD_RECORD).is_file()
+    if out.exists() and any(out.iterdir()) and is_merge and not (overwrite or _confirm_overwrite(out)):
         _fail(f"{out} already exists; pass --overwrite to replace it")
     with _one_line_errors():
         diff = merge_checkpoint(checkpoint, out)
@@ -216,7 +267,7 @@ def demo(
     if output.exists() and any(output.iterdir()) and not (overwrite or _confirm_overwrite(output)):
         _fail(f"{output} already holds a demo run; pass --overwrite (or make demo DEMO_FLAGS=--overwrite)")
     with _one_line_errors():
-        summary = run_demo(output, data, set_ or [])
+        summary = run_demo(output, data, set_ or [], overwrite=True)
     typer.echo(json.dumps(summary, indent=2))
 
 

@@ -179,22 +179,22 @@ class TrainConfig(_Strict):
 
     output_dir: Path = Path("runs/train")
     epochs: int = Field(10, ge=1)
-    max_steps: int | None = None  # optimizer steps; stops early when reached
+    max_steps: int | None = Field(None, ge=1)  # optimizer steps; stops early when reached
     batch_size: int = Field(2, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
-    warmup_steps: int | None = None  # LoRA-SAM's "preheating"; default: warmup_frac of all steps
+    warmup_steps: int | None = Field(None, ge=0)  # LoRA-SAM's "preheating"; default: warmup_frac of all steps
     warmup_frac: float = Field(0.05, ge=0, lt=1)
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     poly_power: float = 0.9
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     val_every: int = Field(1, ge=1)  # epochs
-    checkpoint_every: int | None = None  # optimizer steps; default: every epoch
+    checkpoint_every: int | None = Field(None, ge=1)  # optimizer steps; default: every epoch
     log_every: int = Field(10, ge=1)
     seed: int = 0
-    num_workers: int = 0
-    max_grad_norm: float | None = 1.0
+    num_workers: int = Field(0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     cpu: bool = False  # force CPU even when a GPU is present
 
@@ -203,7 +203,7 @@ class EvalConfig(_Strict):
     """Evaluation settings."""
 
     empty_score: Literal["one", "nan"] = "one"  # Dice/IoU when both prediction and mask are empty
-    threshold: float = 0.5
+    threshold: float = Field(0.5, gt=0, lt=1)
     surface_metrics: bool = True
 
 
@@ -295,7 +295,11 @@ def set_key(data: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=3e-4), got {assignment!r}")
     key, _, raw = assignment.partition("=")
-    value = yaml.safe_load(raw) if raw else None
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"--set {key}: the value {raw!r} is not valid YAML ({first})") from None
     parts = key.strip().split(".")
     node = data
     for part in parts[:-1]:

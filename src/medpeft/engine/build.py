@@ -116,8 +116,13 @@ def make_record(
 def check_base_identity(sam: nn.Module, identity: dict[str, Any]) -> None:
     """Refuse to apply an adapter to different base weights than it was trained on."""
     expected = identity.get("sha256")
+    if not expected:
+        raise ConfigError(
+            f"the adapter's record of base model {identity.get('source')!r} has no weights hash; "
+            "it cannot be verified against the base"
+        )
     actual = weights_sha256(sam)
-    if expected and actual != expected:
+    if actual != expected:
         raise ConfigError(
             f"base model {identity.get('source')!r} has weights hash {actual[:12]}..., but the adapter was trained "
             f"on {expected[:12]}...; load the same base weights"

@@ -1,50 +1,90 @@
-"""Adapter checkpoints: only trained tensors (safetensors) plus a JSON record, written atomically.
+"""Adapter checkpoints: only trained tensors (safetensors) plus a JSON record, each checkpoint complete or absent.
 
 Layout of a run directory::
 
-    run/checkpoints/step-000120/{adapter.safetensors, adapter.json, training_state.pt}
-    run/last.json  run/best.json   (pointers, replaced atomically after a checkpoint is complete)
+    run/.medpeft-run                        marker: medpeft made this folder (only such folders are replaced)
+    run/checkpoints/step-000120/{adapter.safetensors, training_state.pt, adapter.json}
+    run/last.json  run/best.json            pointers, replaced atomically after a checkpoint is complete
+
+A checkpoint is written whole into a temporary folder and renamed into place, so a kill at any moment
+leaves either the complete checkpoint or none; a folder that a pointer names is never rewritten. The
+record (``adapter.json``) holds the SHA-256 of every other file, the step and the epoch, so a loader
+detects a truncated, corrupted or mismatched file instead of loading it. No checkpoint holds a
+non-finite tensor.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 ADAPTER_FILE = "adapter.safetensors"
 RECORD_FILE = "adapter.json"
 STATE_FILE = "training_state.pt"
+RUN_MARKER = ".medpeft-run"
+POINTERS = ("last", "best")
+RECORD_KEYS = ("format", "base_model", "label_names", "config", "files", "step", "epoch")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_TMP_PREFIX = ".tmp-"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be found, read or applied."""
+    """A checkpoint that cannot be found, read, verified or applied."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+class NonFiniteCheckpoint(CheckpointError):
+    """A checkpoint was about to store a NaN or infinite tensor."""
+
+
+def _fsync_dir(path: Path) -> None:
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some file systems do not open directories
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, and rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TMP_PREFIX}{path.name}-")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False).encode())
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2)))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -52,54 +92,114 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adapter(directory: Path, model: nn.Module, record: dict[str, Any]) -> None:
-    """Write the trained tensors and the record into ``directory`` (files written atomically)."""
-    directory.mkdir(parents=True, exist_ok=True)
+def non_finite_tensors(tree: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a nested dict/list that hold NaN or infinity."""
+    if isinstance(tree, torch.Tensor):
+        bad = tree.is_floating_point() and not bool(torch.isfinite(tree).all())
+        return [prefix or "tensor"] if bad else []
+    items: Iterable[tuple[Any, Any]] = ()
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, (list, tuple)):
+        items = enumerate(tree)
+    return [name for k, v in items for name in non_finite_tensors(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
+def write_checkpoint(
+    directory: Path, model: nn.Module, record: dict[str, Any], state: dict[str, Any] | None = None
+) -> Path:
+    """Write a complete checkpoint to ``directory`` (a new folder; never one a pointer names).
+
+    ``record`` must carry ``step`` and ``epoch``; ``state`` (optimizer, scheduler, progress) is stored
+    beside the tensors for ``--resume``. Raises :class:`NonFiniteCheckpoint` before writing anything
+    when a tensor is NaN or infinite.
+    """
     tensors = trainable_state_dict(model)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{ADAPTER_FILE}.")
-    os.close(fd)
+    bad = non_finite_tensors(tensors) + [f"training state {n}" for n in non_finite_tensors(state or {})]
+    if bad:
+        raise NonFiniteCheckpoint(
+            f"not saving {directory.name}: non-finite values in {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        )
+    run_dir = directory.parent.parent
+    if directory.exists():
+        if directory in pointed_checkpoints(run_dir):
+            raise CheckpointError(f"refusing to rewrite {directory}: a pointer names it")
+        shutil.rmtree(directory)  # an unreferenced leftover of a killed run, at a step being redone
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f"{_TMP_PREFIX}{directory.name}-"))
     try:
-        save_file(tensors, tmp, metadata={"format": "medpeft-adapter"})
-        os.replace(tmp, directory / ADAPTER_FILE)
+        files = {ADAPTER_FILE: lambda p: save_file(tensors, p, metadata={"format": "medpeft-adapter"})}
+        if state is not None:
+            files[STATE_FILE] = lambda p: torch.save(state, p)
+        hashes = {}
+        for name, write in files.items():
+            write(str(tmp / name))
+            with open(tmp / name, "rb+") as f:
+                os.fsync(f.fileno())
+            hashes[name] = file_sha256(tmp / name)
+        full = dict(record, trainable={n: list(t.shape) for n, t in tensors.items()}, files=hashes)
+        atomic_write_json(tmp / RECORD_FILE, full)
+        _fsync_dir(tmp)
+        os.rename(tmp, directory)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    record = dict(record, trainable={n: list(t.shape) for n, t in tensors.items()})
-    atomic_write_json(directory / RECORD_FILE, record)
-
-
-def save_training_state(directory: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` the optimizer/scheduler/progress state atomically (loadable with weights_only)."""
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{STATE_FILE}.")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, directory / STATE_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_training_state(directory: Path) -> dict[str, Any]:
-    return torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    _fsync_dir(directory.parent)
+    return directory
 
 
 def read_record(directory: Path) -> dict[str, Any]:
+    """The checkpoint's JSON record, checked for the keys every loader relies on."""
     path = directory / RECORD_FILE
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{directory} is not a medpeft checkpoint: {RECORD_FILE} is missing") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a complete medpeft checkpoint record: missing {', '.join(missing)} "
+            "(written by an older medpeft, or edited)"
+        )
+    base = record["base_model"]
+    if not isinstance(base, dict) or not base.get("sha256"):
+        raise CheckpointError(
+            f"{path}: base_model has no weights hash (sha256), so the base it needs cannot be verified"
+        )
+    if not isinstance(record["files"], dict) or ADAPTER_FILE not in record["files"]:
+        raise CheckpointError(f"{path}: 'files' must hold the SHA-256 of {ADAPTER_FILE}")
+    return record
 
 
-def load_adapter_tensors(model: nn.Module, directory: Path) -> None:
-    """Load trained tensors into a model built and adapted as recorded; keys must match exactly."""
+def verify_files(directory: Path, record: dict[str, Any], names: Iterable[str]) -> None:
+    """Check that each named file exists and has the SHA-256 the record gives."""
+    for name in names:
+        path = directory / name
+        expected = record["files"].get(name)
+        if expected is None:
+            raise CheckpointError(f"{directory / RECORD_FILE} records no hash for {name}")
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing")
+        if file_sha256(path) != expected:
+            raise CheckpointError(
+                f"{path} is incomplete or corrupt (its SHA-256 differs from the one in {RECORD_FILE})"
+            )
+
+
+def load_adapter_tensors(model: nn.Module, directory: Path, record: dict[str, Any] | None = None) -> None:
+    """Load verified trained tensors into a model built and adapted as recorded; keys must match exactly."""
+    record = record or read_record(directory)
+    verify_files(directory, record, [ADAPTER_FILE])
     path = directory / ADAPTER_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: {ADAPTER_FILE} is missing")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} cannot be read ({e}); the file is corrupt") from None
     expected = {n for n, p in model.named_parameters() if p.requires_grad}
     missing, extra = expected - set(tensors), set(tensors) - expected
     if missing or extra:
@@ -116,20 +216,107 @@ def load_adapter_tensors(model: nn.Module, directory: Path) -> None:
             params[name].copy_(value)
 
 
-def commit_checkpoint(run_dir: Path, ckpt_dir: Path, pointer: str, keep: set[Path] | None = None) -> None:
-    """Point ``run_dir/<pointer>.json`` at a complete checkpoint and drop unreferenced older ones."""
-    atomic_write_json(run_dir / f"{pointer}.json", {"checkpoint": str(ckpt_dir.relative_to(run_dir))})
-    referenced = {resolve_pointer(run_dir, p) for p in ("last", "best")} | (keep or set())
-    for old in (run_dir / "checkpoints").glob("step-*"):
-        if old not in referenced:
-            shutil.rmtree(old, ignore_errors=True)
+def load_training_state(directory: Path, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The verified optimizer/scheduler/progress state; its step and epoch must match the record's."""
+    record = record or read_record(directory)
+    verify_files(directory, record, [STATE_FILE])
+    path = directory / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}); the file is corrupt") from None
+    if (state.get("step"), state.get("epoch")) != (record["step"], record["epoch"]):
+        raise CheckpointError(
+            f"{directory}: {STATE_FILE} is of step {state.get('step')} epoch {state.get('epoch')} but "
+            f"{RECORD_FILE} of step {record['step']} epoch {record['epoch']}; the files do not belong together"
+        )
+    return state
 
 
-def resolve_pointer(run_dir: Path, pointer: str) -> Path | None:
+def verify_checkpoint(directory: Path, with_state: bool = True) -> dict[str, Any]:
+    """Read the record and check every file's hash (and the state's step/epoch); returns the record."""
+    record = read_record(directory)
+    verify_files(directory, record, [n for n in record["files"] if with_state or n != STATE_FILE])
+    if with_state:
+        load_training_state(directory, record)
+    return record
+
+
+def resolve_pointer(run_dir: Path | str, pointer: str) -> Path | None:
+    """The checkpoint ``run_dir/<pointer>.json`` names, or None when there is no such pointer."""
+    run_dir = Path(run_dir)
     path = run_dir / f"{pointer}.json"
     if not path.is_file():
         return None
-    return run_dir / json.loads(path.read_text())["checkpoint"]
+    try:
+        target = json.loads(path.read_text())["checkpoint"]
+        if not isinstance(target, str):
+            raise TypeError
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise CheckpointError(
+            f'{path} is not a checkpoint pointer (expected {{"checkpoint": "checkpoints/step-N"}}); '
+            "it is corrupt: delete it to fall back to the other pointer"
+        ) from None
+    directory = run_dir / target
+    if not (directory / RECORD_FILE).is_file():
+        raise CheckpointError(f"{path} names {directory}, which is not a checkpoint")
+    return directory
+
+
+def pointed_checkpoints(run_dir: Path) -> set[Path]:
+    return {p for p in (resolve_pointer(run_dir, name) for name in POINTERS) if p is not None}
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders, newest step first (complete or not; temporary folders excluded)."""
+    folder = Path(run_dir) / "checkpoints"
+    return sorted((p for p in folder.glob("step-*") if _step_of(p) >= 0), key=_step_of, reverse=True)
+
+
+def _step_of(directory: Path) -> int:
+    m = _STEP_DIR.match(directory.name)
+    return int(m.group(1)) if m else -1
+
+
+def previous_complete(run_dir: Path, before: Path | None = None) -> Path | None:
+    """The newest fully verified checkpoint older than ``before`` (any, when None)."""
+    for directory in step_checkpoints(run_dir):
+        if before is not None and _step_of(directory) >= _step_of(before):
+            continue
+        try:
+            verify_checkpoint(directory)
+        except CheckpointError:
+            continue
+        return directory
+    return None
+
+
+def commit_checkpoint(run_dir: Path, ckpt_dir: Path, pointers: Iterable[str] = ("last",)) -> None:
+    """Point each of ``pointers`` at a complete checkpoint, then drop checkpoints nothing needs.
+
+    Kept: what ``last`` and ``best`` name, and the checkpoint ``last`` named before (a fallback should
+    the newest one be damaged later).
+    """
+    previous_last = resolve_pointer(run_dir, "last")
+    for pointer in pointers:
+        atomic_write_json(run_dir / f"{pointer}.json", {"checkpoint": str(ckpt_dir.relative_to(run_dir))})
+    keep = pointed_checkpoints(run_dir) | {previous_last}
+    for old in step_checkpoints(run_dir):
+        if old not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_files(run_dir: Path) -> list[Path]:
+    """Delete temporary files and folders a kill left behind mid-write; returns what was removed."""
+    removed = []
+    for folder in (run_dir, run_dir / "checkpoints", *step_checkpoints(run_dir)):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if path.name.startswith(_TMP_PREFIX):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+                removed.append(path)
+    return removed
 
 
 def resolve_checkpoint(path: Path | str, prefer: str = "best") -> Path:
@@ -139,8 +326,8 @@ def resolve_checkpoint(path: Path | str, prefer: str = "best") -> Path:
         return path
     for pointer in (prefer, "last" if prefer == "best" else "best"):
         ckpt = resolve_pointer(path, pointer)
-        if ckpt is not None and (ckpt / RECORD_FILE).is_file():
+        if ckpt is not None:
             return ckpt
     raise CheckpointError(
-        f"no medpeft checkpoint at {path} (expected {RECORD_FILE} or a run directory with best.json)"
+        f"no medpeft checkpoint at {path} (expected {RECORD_FILE} or a run directory with best.json or last.json)"
     )

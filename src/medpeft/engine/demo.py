@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import shutil
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from medpeft.config import load_config
+from medpeft.data.readers import DataError
 from medpeft.engine.build import build_dataset, build_splits
 from medpeft.engine.evaluate import evaluate, format_table
 from medpeft.engine.restore import load_trained
@@ -18,14 +18,15 @@ def demo_config_path() -> Path:
     return Path(str(resources.files("medpeft") / "presets" / "demo.yaml"))
 
 
-def run_demo(output: Path, data: Path, overrides: list[str]) -> dict[str, Any]:
-    """Train LoRA-SAM on the demo CT slices and evaluate with box prompts and in automatic mode."""
+def run_demo(output: Path, data: Path, overrides: list[str], overwrite: bool = False) -> dict[str, Any]:
+    """Train LoRA-SAM on the demo CT slices and evaluate with box prompts and in automatic mode.
+
+    ``overwrite`` replaces an earlier demo run (only a folder medpeft made: see ``engine.rundir``).
+    """
     if not data.exists():
-        raise FileNotFoundError(f"demo data {data} not found; run from the repository root (make demo)")
-    if output.exists():
-        shutil.rmtree(output)
+        raise DataError(f"demo data {data} not found; run from the repository root (make demo)")
     cfg = load_config(demo_config_path(), [f"data.root={data}", f"train.output_dir={output}", *overrides])
-    result = train(cfg)
+    result = train(cfg, overwrite=overwrite)
     model, record, cfg = load_trained(result.run_dir)
     splits = build_splits(cfg)
     dataset = build_dataset(cfg, splits.test, record["label_names"], train=False)

@@ -35,9 +35,14 @@ def evaluate(
     overlays: int = 8,
     batch_size: int = 2,
     progress: bool = True,
+    not_scored: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Score every image and class; writes ``per_image.csv``, ``summary.json`` and overlays to ``out_dir``."""
-    labels = dataset.label_names
+    """Score every image and class; writes ``per_image.csv``, ``summary.json`` and overlays to ``out_dir``.
+
+    ``not_scored``: labels of the model the evaluated data does not annotate (listed in the summary and
+    left out of the class mean).
+    """
+    labels = [n for n in dataset.label_names if n not in (not_scored or [])]
     rows: list[dict[str, Any]] = []
     n_overlays = 0
     bar = tqdm(total=len(dataset), desc=f"evaluate ({mode})", unit="img", disable=not progress)
@@ -46,7 +51,7 @@ def evaluate(
         for i, index in enumerate(batch["index"].tolist()):
             meta = dataset.get_meta(index)
             keep = batch["class_valid"][i].cpu()  # skip labels the image is not annotated for
-            names = [labels[j] for j in batch["class_ids"][i].cpu()[keep].tolist()]
+            names = [dataset.label_names[j] for j in batch["class_ids"][i].cpu()[keep].tolist()]
             prob = undo_resize(probs[i][keep], meta, "bilinear").numpy()
             pred = prob > threshold
             truth = load_masks(dataset.records[index], names)
@@ -79,6 +84,7 @@ def evaluate(
             bar.update(1)
     bar.close()
     summary = summarize_rows(rows, labels, mode, units="mm" if spacing or _any_spacing(dataset) else "pixels")
+    summary["labels_not_scored"] = list(not_scored or [])
     if out_dir is not None:
         write_results(out_dir, rows, summary)
     return summary

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -17,7 +20,13 @@ HEAD_RECORD = "medpeft_head.json"
 
 @torch.no_grad()
 def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
-    """Merge and save; returns the max |logit| difference before/after merging on a probe input."""
+    """Merge and save; returns the max |logit| difference before/after merging on a probe input.
+
+    The model is written to a temporary folder and renamed to ``out``; an existing ``out`` is replaced
+    only when it is an earlier merge output (callers ask the user first).
+    """
+    if out.exists() and any(out.iterdir()) and not (out / HEAD_RECORD).is_file():
+        raise ValueError(f"{out} holds files that are not a medpeft merge output; refusing to replace them")
     model, record, _ = load_trained(checkpoint)
     gen = torch.Generator().manual_seed(seed)
     size = model.image_size
@@ -29,7 +38,20 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
         raise RuntimeError(f"merge left adapter tensors behind: {leftover[:5]}")
     after = model(probe)
     diff = float((before - after).abs().max())
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
+    try:
+        _write_merged(model, record, str(checkpoint), diff, tmp)
+        if out.exists():  # empty, or an earlier merge output (checked above)
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return diff
+
+
+def _write_merged(model, record: dict, source: str, diff: float, out: Path) -> None:
     model.sam.save_pretrained(out)
     if model.class_prompt is not None:
         head = {n: p.detach().contiguous() for n, p in model.class_prompt.state_dict().items()}
@@ -39,13 +61,12 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
             {
                 "label_names": model.label_names,
                 "class_prompt": record["class_prompt"],
-                "merged_from": str(checkpoint),
+                "merged_from": source,
                 "max_abs_logit_difference": diff,
             },
             indent=2,
         )
     )
-    return diff
 
 
 def _cfg_of(record: dict):

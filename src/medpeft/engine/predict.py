@@ -1,20 +1,36 @@
-"""Prediction on new images: PNG label maps and overlays, with box/point prompts from JSON or automatic mode."""
+"""Prediction on new images: PNG label maps and overlays, with box/point prompts from JSON or automatic mode.
+
+The output folder holds ``masks/``, ``overlays/`` and ``predictions.json``; the latter carries the marker
+``"format": "medpeft-predictions"`` so that a later run can tell a medpeft output folder (which
+``overwrite=True`` may replace) from anything else (which it never deletes).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
-from medpeft.data.readers import IMAGE_EXTENSIONS, DataError, load_image
+from medpeft.data.readers import IMAGE_EXTENSIONS, DataError, image_size, load_image
 from medpeft.data.transforms import normalize, resize, undo_resize, valid_region
 from medpeft.models.prompts import Prompts
 from medpeft.models.segmenter import SamSegmenter
 from medpeft.viz import save_label_map, save_overlay
+
+# Marker in predictions.json: this folder is a medpeft prediction output.
+OUTPUT_FORMAT = "medpeft-predictions"
+PROMPT_KEYS = ("boxes", "points")
+_OUTPUT_DIRS = ("masks", "overlays")
+_REPORT = "predictions.json"
+# What a broken or unreadable input file raises while it is decoded; such a file is skipped, not fatal.
+_UNREADABLE = (DataError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def list_images(path: Path) -> list[Path]:
@@ -29,23 +45,129 @@ def list_images(path: Path) -> list[Path]:
     raise DataError(f"{path}: no such file or folder")
 
 
-def read_prompt_file(path: Path | None, labels: list[str]) -> dict[str, dict[str, Any]]:
+def read_prompt_file(
+    path: Path | None, labels: list[str], images: list[Path] | None = None
+) -> dict[str, dict[str, Any]]:
     """Prompts JSON: ``{"<image name or stem>": {"boxes": {"<label>": [x1,y1,x2,y2]},
-    "points": {"<label>": [[x, y, 1], [x, y, 0]]}}}`` in original image pixels."""
+    "points": {"<label>": [[x, y, 1], [x, y, 0]]}}}`` in original image pixels, checked by
+    :func:`validate_prompts` (image keys and bounds only when ``images`` is given)."""
     if path is None:
         return {}
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read prompts JSON: {e}") from None
-    for image, entry in data.items():
-        for kind in ("boxes", "points"):
-            for label in (entry or {}).get(kind, {}):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read prompts JSON: {_one_line(e)}") from None
+    return validate_prompts(data, Path(path), labels, images)
+
+
+def _one_line(err: BaseException | str) -> str:
+    return " ".join(str(err).strip("'\"").split())
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _matches(key: str, images: list[Path]) -> list[Path]:
+    return [p for p in images if key in (p.name, p.stem)]
+
+
+def _sizes(paths: list[Path]) -> list[tuple[Path, int, int]]:
+    """(path, width, height) of each image whose header can be read; unreadable ones are left out
+    (the prediction loop reports them as failed files)."""
+    sizes = []
+    for p in paths:
+        try:
+            h, w = image_size(p)
+        except DataError:
+            continue
+        sizes.append((p, w, h))
+    return sizes
+
+
+def validate_prompts(
+    data: Any, path: Path, labels: list[str], images: list[Path] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Check a parsed prompt file; raise a one-line :class:`DataError` naming the file, the image key and
+    the offending key or value. With ``images``, every image key must match an input (by file name or
+    stem) and boxes/points must lie inside that image (sizes read from the file headers)."""
+    if not isinstance(data, dict):
+        raise DataError(
+            f"{path}: expected a JSON object mapping image names to prompts, got {type(data).__name__}"
+        )
+    for key, entry in data.items():
+        where = f"{path}: image {key!r}"
+        if not isinstance(entry, dict):
+            raise DataError(
+                f"{where}: expected an object with keys {list(PROMPT_KEYS)}, got {type(entry).__name__} "
+                f"{_short(entry)}"
+            )
+        unknown = [k for k in entry if k not in PROMPT_KEYS]
+        if unknown:
+            raise DataError(f"{where}: unknown key {unknown[0]!r}; valid keys: {list(PROMPT_KEYS)}")
+        sizes: list[tuple[Path, int, int]] = []
+        if images is not None:
+            matched = _matches(key, images)
+            if not matched:
+                shown = ", ".join(p.name for p in images[:5]) + (", ..." if len(images) > 5 else "")
+                raise DataError(
+                    f"{where} matches no input image by file name or stem ({len(images)} input(s): {shown})"
+                )
+            sizes = _sizes(matched)
+        for kind in PROMPT_KEYS:
+            prompts = entry.get(kind, {})
+            if not isinstance(prompts, dict):
+                raise DataError(
+                    f"{where}: {kind} = {_short(prompts)}: expected an object mapping labels to {kind}"
+                )
+            for label, value in prompts.items():
                 if label not in labels:
-                    raise DataError(
-                        f"{path}: image {image!r} has a prompt for unknown label {label!r}; labels: {labels}"
-                    )
+                    raise DataError(f"{where} has a prompt for unknown label {label!r}; labels: {labels}")
+                check = _check_box if kind == "boxes" else _check_points
+                check(f"{where}: {kind}[{label!r}] = {_short(value)}", value, sizes)
     return data
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_box(where: str, box: Any, sizes: list[tuple[Path, int, int]]) -> None:
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+        raise DataError(f"{where}: expected a box [x1, y1, x2, y2] of 4 numbers in image pixels")
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:
+        raise DataError(f"{where}: empty or inverted box; expected x1 < x2 and y1 < y2")
+    if min(box) < 0:
+        raise DataError(f"{where}: negative coordinate; expected 0 <= x1 < x2 and 0 <= y1 < y2")
+    for p, w, h in sizes:
+        if x2 > w or y2 > h:
+            raise DataError(f"{where}: box lies outside {p.name} ({w}x{h}); expected x2 <= {w}, y2 <= {h}")
+
+
+def _check_points(where: str, points: Any, sizes: list[tuple[Path, int, int]]) -> None:
+    if not isinstance(points, list) or not points:
+        raise DataError(f"{where}: expected a non-empty list of points [[x, y], [x, y, label], ...]")
+    if all(not isinstance(p, list) for p in points):
+        raise DataError(
+            f"{where}: expected a list of points; wrap a single point in a list: [{_short(points)}]"
+        )
+    for point in points:
+        if not (isinstance(point, list) and len(point) in (2, 3) and all(_is_number(v) for v in point)):
+            raise DataError(f"{where}: point {_short(point)}: expected [x, y] or [x, y, label] of numbers")
+        if len(point) == 3 and point[2] not in (0, 1):
+            raise DataError(
+                f"{where}: point {_short(point)} has label {point[2]!r}; expected 1 (foreground) or 0 (background)"
+            )
+        x, y = point[:2]
+        if x < 0 or y < 0:
+            raise DataError(f"{where}: point {_short(point)} has a negative coordinate")
+        for p, w, h in sizes:
+            if x > w or y > h:
+                raise DataError(
+                    f"{where}: point {_short(point)} lies outside {p.name} ({w}x{h}); expected x <= {w}, y <= {h}"
+                )
 
 
 def image_prompts(
@@ -81,6 +203,89 @@ def image_prompts(
     return prompts, mode
 
 
+def _is_medpeft_output(out_dir: Path) -> bool:
+    """Whether ``out_dir/predictions.json`` is a report written by :func:`predict` (it holds the marker)."""
+    report = out_dir / _REPORT
+    if report.is_symlink() or not report.is_file():
+        return False
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and data.get("format") == OUTPUT_FORMAT
+
+
+def check_output_dir(out_dir: Path, overwrite: bool = False, inputs: list[Path] | None = None) -> list[Path]:
+    """Raise a one-line :class:`DataError` unless predictions may go to ``out_dir``; deletes nothing.
+
+    An absent or empty folder is fine. A non-empty one is refused unless ``overwrite`` is set and it is an
+    earlier medpeft prediction output holding only ``masks/*.png``, ``overlays/*.png`` and
+    ``predictions.json``; then returns those files (what :func:`clear_output` deletes).
+    """
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return []
+    if out_dir.is_symlink() or not out_dir.is_dir():
+        raise DataError(f"{out_dir} exists and is not a folder; choose another --out")
+    entries = sorted(out_dir.iterdir())
+    if not entries:
+        return []
+    if not _is_medpeft_output(out_dir):
+        raise DataError(
+            f"{out_dir} already holds files and is not a medpeft prediction output (no {_REPORT} with "
+            f'"format": "{OUTPUT_FORMAT}"); choose another --out (--overwrite only replaces earlier '
+            "medpeft prediction folders)"
+        )
+    if not overwrite:
+        raise DataError(
+            f"{out_dir} already holds files (an earlier medpeft prediction); pass --overwrite to replace them "
+            "or choose another --out"
+        )
+    stale: list[Path] = []
+    for entry in entries:
+        if entry.name in (_REPORT, _REPORT + ".tmp") and entry.is_file() and not entry.is_symlink():
+            stale.append(entry)
+            continue
+        if entry.name in _OUTPUT_DIRS and entry.is_dir() and not entry.is_symlink():
+            files = sorted(entry.iterdir())
+            odd = [f for f in files if f.is_symlink() or not f.is_file() or f.suffix.lower() != ".png"]
+            if not odd:
+                stale += [*files, entry]
+                continue
+            entry = odd[0]
+        raise DataError(
+            f"{out_dir} holds {entry.relative_to(out_dir)}, which medpeft predict did not write; not replacing "
+            "the folder even with --overwrite; move that file or choose another --out"
+        )
+    resolved = out_dir.resolve()
+    inside = [p for p in inputs or [] if resolved in p.resolve().parents]
+    if inside:
+        raise DataError(f"{out_dir} holds input image {inside[0]}; choose an --out outside the inputs")
+    return stale
+
+
+def clear_output(stale: list[Path]) -> None:
+    """Delete the files and folders of an earlier prediction output that :func:`check_output_dir` listed."""
+    for path in stale:
+        if path.is_dir():
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
+    tmp = out_dir / (_REPORT + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out_dir / _REPORT)
+
+
+def _output_names(images: list[Path]) -> dict[Path, str]:
+    """Output file name per input: ``<stem>.png``, or ``<name>.png`` where two inputs share a stem."""
+    stems: dict[str, int] = {}
+    for p in images:
+        stems[p.stem] = stems.get(p.stem, 0) + 1
+    return {p: f"{p.stem if stems[p.stem] == 1 else p.name}.png" for p in images}
+
+
 @torch.no_grad()
 def predict(
     model: SamSegmenter,
@@ -91,14 +296,38 @@ def predict(
     normalize_mode: str = "sam",
     threshold: float = 0.5,
     progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Segment every input image; writes ``masks/<stem>.png`` and ``overlays/<stem>.png``."""
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Segment every input image; writes ``masks/<stem>.png``, ``overlays/<stem>.png`` and ``predictions.json``.
+
+    Inputs, prompts and the output folder are checked before anything is written (one-line
+    :class:`DataError`). An input that cannot be decoded is skipped and listed under ``failed`` in the
+    returned report, which is also written to ``predictions.json`` (``{"format", "labels", "images",
+    "failed", "complete"}``).
+    """
     labels = model.label_names
-    prompt_data = read_prompt_file(prompt_file, labels)
+    out_dir = Path(out_dir)
+    images = list_images(Path(inputs))
+    stale = check_output_dir(out_dir, overwrite, images)
+    prompt_data = read_prompt_file(prompt_file, labels, images)
+    clear_output(stale)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "format": OUTPUT_FORMAT,
+        "complete": False,
+        "labels": labels,
+        "images": [],
+        "failed": [],
+    }
+    _write_report(out_dir, report)  # marks the folder as ours at once, so an interrupted run can be replaced
+    names = _output_names(images)
     model.eval()
-    results = []
-    for path in tqdm(list_images(inputs), desc="predict", unit="img", disable=not progress):
-        image = load_image(path)
+    for path in tqdm(images, desc="predict", unit="img", disable=not progress):
+        try:
+            image = load_image(path)
+        except _UNREADABLE as e:
+            report["failed"].append({"image": str(path), "error": _one_line(e)})
+            continue
         resized, _, meta = resize(image, None, model.image_size, resize_mode)
         x = normalize(resized, normalize_mode)
         x[~valid_region(meta)] = 0.0
@@ -108,14 +337,17 @@ def predict(
         logits = model(tensor, prompts.to(model.device))[0]
         prob = undo_resize(torch.sigmoid(logits).cpu(), meta, "bilinear").numpy()
         masks = prob > threshold
-        save_label_map(out_dir / "masks" / f"{path.stem}.png", masks, prob)
-        save_overlay(out_dir / "overlays" / f"{path.stem}.png", image, masks, labels)
-        results.append(
+        save_label_map(out_dir / "masks" / names[path], masks, prob)
+        save_overlay(out_dir / "overlays" / names[path], image, masks, labels)
+        report["images"].append(
             {
                 "image": str(path),
+                "mask": f"masks/{names[path]}",
+                "overlay": f"overlays/{names[path]}",
                 "prompt_mode": mode,
                 "pixels": {n: int(m.sum()) for n, m in zip(labels, masks, strict=True)},
             }
         )
-    (out_dir / "predictions.json").write_text(json.dumps({"labels": labels, "images": results}, indent=2))
-    return results
+    report["complete"] = True
+    _write_report(out_dir, report)
+    return report

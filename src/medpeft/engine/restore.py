@@ -24,6 +24,6 @@ def load_trained(path: Path | str, base: str | None = None) -> tuple[SamSegmente
     cfg.model.base = base or identity["source"]
     cfg.model.fallback_preset = None
     model, _ = build_model(cfg, record["label_names"], announce=False, expected=identity)
-    ckpt.load_adapter_tensors(model, directory)
+    ckpt.load_adapter_tensors(model, directory, record)
     model.eval()
     return model, record, cfg

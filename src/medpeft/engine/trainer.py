@@ -23,26 +23,25 @@ from medpeft.config import Config, dump_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_dataset, build_model, build_optimizer, build_splits, make_record
 from medpeft.engine.losses import SegmentationLoss
+from medpeft.engine.rundir import RunDirExists, check_replaceable, create_run_dir, data_paths
 from medpeft.engine.schedule import build_scheduler
 from medpeft.engine.validate import validate
 from medpeft.models.prompts import Prompts
 
-
-class RunDirExists(FileExistsError):
-    """The output directory holds a user's earlier run."""
+__all__ = ["NonFiniteLoss", "RunDirExists", "TrainResult", "train"]
 
 
 class NonFiniteLoss(FloatingPointError):
-    """Training produced a NaN or infinite loss."""
+    """Training produced a NaN or infinite loss, gradient or weight."""
 
 
 @dataclass
 class TrainResult:
-    """What a finished run produced."""
+    """What a finished run produced; ``best_dice`` is None when the run had no validation split."""
 
     run_dir: Path
     steps: int
-    best_dice: float
+    best_dice: float | None
     history: list[dict[str, float]] = field(default_factory=list)
     best_checkpoint: Path | None = None
 
@@ -50,19 +49,66 @@ class TrainResult:
 LOG_FIELDS = ["step", "epoch", "lr", "loss", "dice", "bce", "focal", "svd_reg", "val_dice", "seconds"]
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
-    """Returns True when resuming; refuses to touch an earlier run unless asked."""
-    if resume and ckpt.resolve_pointer(run_dir, "last") is not None:
-        return True
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunDirExists(
-                f"output directory {run_dir} already holds files; pass --resume to continue it "
-                "or --overwrite to replace it (or set train.output_dir)"
+def find_resume_checkpoint(run_dir: Path, resume: bool, resume_from: Path | None) -> Path | None:
+    """The verified checkpoint to continue from (None: a fresh run); a damaged one names a fallback."""
+    if resume_from is not None:
+        directory = Path(resume_from)
+        if directory.resolve().parent.parent != run_dir.resolve():
+            raise ckpt.CheckpointError(
+                f"--resume-from {directory}: not a checkpoint of the run in {run_dir} "
+                f"(expected {run_dir}/checkpoints/step-N)"
             )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return False
+    elif resume:
+        directory = ckpt.resolve_pointer(run_dir, "last")
+        if directory is None:
+            return None
+    else:
+        return None
+    try:
+        ckpt.verify_checkpoint(directory)
+    except ckpt.CheckpointError as e:
+        fallback = ckpt.previous_complete(run_dir, before=directory)
+        hint = (
+            f"the previous complete checkpoint is {fallback}: continue from it with --resume-from {fallback}"
+            if fallback is not None
+            else "no earlier complete checkpoint exists: start afresh with --overwrite"
+        )
+        raise ckpt.CheckpointError(f"cannot resume: {e}; {hint}") from None
+    return directory
+
+
+def rewind_run(run_dir: Path, directory: Path, step: int) -> None:
+    """Make ``directory`` the run's last checkpoint: drop later checkpoints, log rows and temporary files."""
+    for later in ckpt.step_checkpoints(run_dir):
+        if later != directory and ckpt._step_of(later) > step:
+            for pointer in ckpt.POINTERS:
+                if ckpt.resolve_pointer(run_dir, pointer) == later:
+                    (run_dir / f"{pointer}.json").unlink()
+            shutil.rmtree(later)
+            print(f"[medpeft] dropped {later} (after the checkpoint resumed from)")
+    if ckpt.resolve_pointer(run_dir, "last") != directory:
+        ckpt.commit_checkpoint(run_dir, directory, ["last"])
+    ckpt.remove_stale_files(run_dir)
+    truncate_log(run_dir / "log.csv", step)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep only the ``log.csv`` rows up to ``step`` (rows written after the checkpoint are redone)."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    kept = [r for r in rows if r.get("step") and int(float(r["step"])) <= step]
+    if len(kept) == len(rows):
+        return
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(kept)
+
+    ckpt.atomic_write(path, write)
 
 
 def sample_mode(modes: dict[str, float], seed: int, step: int, micro: int) -> str:
@@ -72,10 +118,23 @@ def sample_mode(modes: dict[str, float], seed: int, step: int, micro: int) -> st
     return rng.choices(names, weights=[modes[n] for n in names], k=1)[0]
 
 
-def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainResult:
-    """Fine-tune as configured; resumes from ``run_dir/last.json`` when ``resume``."""
+def train(
+    cfg: Config,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    resume_from: Path | None = None,
+) -> TrainResult:
+    """Fine-tune as configured; resumes from ``run_dir/last.json`` when ``resume`` (or ``resume_from``).
+
+    Data, config, base model and the checkpoint to resume are all checked before anything is written.
+    """
     run_dir = Path(cfg.train.output_dir)
-    resuming = prepare_run_dir(run_dir, resume, overwrite)
+    resume_dir = find_resume_checkpoint(run_dir, resume, resume_from)
+    resume_record = ckpt.read_record(resume_dir) if resume_dir is not None else None
+    replace = False
+    if resume_dir is None:
+        replace = check_replaceable(run_dir, overwrite, data_paths(cfg))
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
         cpu=cfg.train.cpu,
@@ -87,7 +146,12 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
         raise ValueError(f"data.root {cfg.data.root}: the training split is empty")
     train_ds = build_dataset(cfg, splits.train, splits.label_names, train=True)
     val_ds = build_dataset(cfg, splits.val, splits.label_names, train=False) if splits.val else None
-    model, identity = build_model(cfg, splits.label_names, announce=accelerator.is_main_process)
+    model, identity = build_model(
+        cfg,
+        splits.label_names,
+        announce=accelerator.is_main_process,
+        expected=resume_record["base_model"] if resume_record else None,
+    )
     optimizer = build_optimizer(cfg, model)
     loss_fn = SegmentationLoss(cfg.loss)
 
@@ -106,31 +170,36 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
     )
     record = make_record(cfg, identity, splits.label_names)
 
-    step, start_epoch, history, best = 0, 0, [], -1.0
-    if resuming:
-        last = ckpt.resolve_pointer(run_dir, "last")
-        ckpt.load_adapter_tensors(model, last)
-        state = ckpt.load_training_state(last)
+    step, start_epoch, history = 0, 0, []
+    best: float | None = None
+    if resume_dir is not None:
+        ckpt.load_adapter_tensors(model, resume_dir, resume_record)
+        state = ckpt.load_training_state(resume_dir, resume_record)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step, start_epoch, history, best = state["step"], state["epoch"], state["history"], state["best"]
         if accelerator.is_main_process:
+            rewind_run(run_dir, resume_dir, step)
             print(f"[medpeft] resuming {run_dir} from step {step} (epoch {start_epoch})")
-    else:
+    elif accelerator.is_main_process:
+        create_run_dir(run_dir, replace)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
 
     model, optimizer = accelerator.prepare(model, optimizer)
-    writer = _tensorboard(run_dir) if accelerator.is_main_process else None
+    writer = (
+        _tensorboard(run_dir, purge_step=step + 1 if step else None) if accelerator.is_main_process else None
+    )
     log_path = run_dir / "log.csv"
 
-    def save(kind: str, epoch_done: int, val_dice: float | None = None) -> Path:
+    def save(pointers: list[str], epoch_done: int, val_dice: float | None = None) -> Path:
         directory = run_dir / "checkpoints" / f"step-{step:06d}"
         unwrapped = accelerator.unwrap_model(model)
         rec = dict(record, step=step, epoch=epoch_done, val_dice=val_dice)
-        ckpt.save_adapter(directory, unwrapped, rec)
-        ckpt.save_training_state(
+        ckpt.write_checkpoint(
             directory,
+            unwrapped,
+            rec,
             {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -141,11 +210,18 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
                 "best": best,
             },
         )
-        ckpt.commit_checkpoint(run_dir, directory, "last")
-        if kind == "best":
-            ckpt.commit_checkpoint(run_dir, directory, "best")
+        ckpt.commit_checkpoint(run_dir, directory, pointers)
         return directory
 
+    def stop(what: str) -> NonFiniteLoss:
+        bar.close()
+        last = ckpt.resolve_pointer(run_dir, "last")
+        good = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+        return NonFiniteLoss(
+            f"{what} at step {step}; training stopped, {good}; lower train.lr or check the data"
+        )
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(
         total=total_steps,
         initial=step,
@@ -185,23 +261,23 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
                     loss = loss + penalty
                     terms["svd_reg"] = float(penalty.detach())
                 if not torch.isfinite(loss):
-                    bar.close()
-                    raise NonFiniteLoss(
-                        f"loss became {loss.item()} at step {step} (terms {terms}); training stopped, the last good "
-                        f"checkpoint is {ckpt.resolve_pointer(run_dir, 'last')}; lower train.lr or check the data"
-                    )
+                    raise stop(f"the loss became {loss.item()} (terms {terms})")
                 accelerator.backward(loss)
                 for k, v in dict(terms, loss=float(loss.detach())).items():
                     terms_acc[k] = terms_acc.get(k, 0.0) + v
                 micro += 1
-                if accelerator.sync_gradients and cfg.train.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                if accelerator.sync_gradients:
+                    norm = accelerator.clip_grad_norm_(trainable, cfg.train.max_grad_norm or math.inf)
+                    if not math.isfinite(float(norm)):
+                        raise stop("the gradients became non-finite")
                 optimizer.step()
                 if accelerator.sync_gradients:
                     scheduler.step()
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
+            if any(not bool(torch.isfinite(p).all()) for p in trainable):
+                raise stop("the weights became non-finite after the optimizer step")
             step += 1
             row = {k: v / micro for k, v in terms_acc.items()}
             row.update(
@@ -213,12 +289,14 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
             if accelerator.is_main_process and (step % cfg.train.log_every == 0 or step == total_steps):
                 _log(log_path, writer, row)
-            if (
+            ends_epoch = step - epoch * steps_per_epoch >= steps_per_epoch or step >= total_steps
+            if (  # the epoch's own checkpoint follows validation: never write one step twice
                 cfg.train.checkpoint_every
                 and step % cfg.train.checkpoint_every == 0
+                and not ends_epoch
                 and accelerator.is_main_process
             ):
-                save("last", epoch)
+                save(["last"], epoch)
             if step >= total_steps:
                 break
         epoch_complete = step >= (epoch + 1) * steps_per_epoch or step >= total_steps
@@ -235,10 +313,10 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
                 history.append({"step": step, "epoch": epoch, "val_dice": val_dice})
                 _log(log_path, writer, history[-1])
                 bar.write(f"epoch {epoch}: validation Dice {val_dice:.4f} ({cfg.prompts.eval_mode} prompts)")
-            improved = val_dice is not None and val_dice > best
+            improved = val_dice is not None and math.isfinite(val_dice) and (best is None or val_dice > best)
             if improved:
                 best = val_dice
-            save("best" if improved or (val_ds is None) else "last", epoch, val_dice)
+            save(["last", "best"] if improved else ["last"], epoch, val_dice)
     bar.close()
     if writer is not None:
         writer.close()
@@ -249,12 +327,13 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False, progress: 
     return TrainResult(run_dir, step, best, history, ckpt.resolve_pointer(run_dir, "best"))
 
 
-def _tensorboard(run_dir: Path) -> Any:
+def _tensorboard(run_dir: Path, purge_step: int | None = None) -> Any:
+    """A TensorBoard writer; on resume, events after the checkpoint are purged (they are redone)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional at run time
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
 def _log(path: Path, writer: Any, row: dict[str, float]) -> None:

@@ -111,7 +111,14 @@ def _load_hub(source: str) -> SamModel:
 
 
 def _load_pth(path: Path, image_size: int) -> SamModel:
-    sd = unwrap_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - truncated, not a torch file, or pickled code
+        raise ValueError(
+            f"base model checkpoint {str(path)!r} cannot be read ({type(err).__name__}): "
+            "truncated, or not a tensor-only PyTorch checkpoint"
+        ) from None
+    sd = unwrap_checkpoint(raw)
     native = original_sam_config(sd)
     if is_segment_anything_format(sd):
         sd = convert_segment_anything_state_dict(sd)
@@ -146,7 +153,9 @@ def load_sam(source: str, image_size: int = 256) -> tuple[SamModel, dict[str, An
             raise ValueError(f"unsupported checkpoint file {source!r}: expected .pth or .pt")
         kind, model = "pth", _load_pth(path, image_size)
     elif _looks_like_path(source):
-        raise FileNotFoundError(f"base model checkpoint {source!r} does not exist")
+        raise ValueError(
+            f"base model checkpoint {source!r} does not exist (model.base: a preset, hub id, folder or .pth)"
+        )
     elif "/" not in source:
         raise ValueError(
             f"unknown SAM base model {source!r}: not a preset ({', '.join(PRESET_NAMES)}), "

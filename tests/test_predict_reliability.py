@@ -1,0 +1,222 @@
+"""`medpeft predict` reliability: prompt-file checks, a batch that survives bad files, safe output folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import make_shapes_dataset, tiny_config_dict
+from medpeft.cli import app
+
+runner = CliRunner()
+N_IMAGES = 3  # the shapes images are 64x64
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One tiny run per module (one step) and a small folder of its images: (run dir, images dir)."""
+    root = tmp_path_factory.mktemp("predict")
+    data = make_shapes_dataset(root / "shapes", n=8)
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(tiny_config_dict(data, root / "run", epochs=1, max_steps=1)))
+    result = runner.invoke(app, ["train", str(config)])
+    assert result.exit_code == 0, result.output
+    images = root / "inputs"
+    images.mkdir()
+    for p in sorted((data / "images").iterdir())[:N_IMAGES]:
+        shutil.copy(p, images / p.name)
+    return root / "run", images
+
+
+def _predict(run: Path, inputs: Path, out: Path, *extra: str):
+    return runner.invoke(app, ["predict", str(run), str(inputs), "--out", str(out), *extra])
+
+
+BAD_PROMPTS = {
+    "top_level_list": ([{"img000.png": {}}], ["JSON object", "list"]),
+    "entry_not_object": ({"img000.png": [10, 10, 40, 40]}, ["'img000.png'", "[10, 10, 40, 40]", "object"]),
+    "unknown_key": (
+        {"img000.png": {"bxes": {"disc": [10, 10, 40, 40]}}},
+        ["'img000.png'", "'bxes'", "boxes", "points"],
+    ),
+    "unmatched_image": (
+        {"scan42.png": {"boxes": {"disc": [10, 10, 40, 40]}}},
+        ["'scan42.png'", "img000.png"],
+    ),
+    "unknown_label": ({"img000": {"boxes": {"liver": [10, 10, 40, 40]}}}, ["'img000'", "'liver'", "disc"]),
+    "inverted_box": (
+        {"img000.png": {"boxes": {"disc": [40, 10, 10, 40]}}},
+        ["'img000.png'", "boxes['disc']", "[40, 10, 10, 40]", "x1 < x2"],
+    ),
+    "negative_box": (
+        {"img000.png": {"boxes": {"disc": [-5, 10, 40, 40]}}},
+        ["'img000.png'", "boxes['disc']", "[-5, 10, 40, 40]", "negative"],
+    ),
+    "box_outside_image": (
+        {"img001.png": {"boxes": {"square": [10, 10, 100, 40]}}},
+        ["'img001.png'", "boxes['square']", "[10, 10, 100, 40]", "outside", "64x64"],
+    ),
+    "box_not_four_numbers": (
+        {"img000.png": {"boxes": {"disc": [10, 10, 40]}}},
+        ["'img000.png'", "boxes['disc']", "[10, 10, 40]", "4 numbers"],
+    ),
+    "flat_point": (
+        {"img000.png": {"points": {"disc": [30, 15, 1]}}},
+        ["'img000.png'", "points['disc']", "[30, 15, 1]", "wrap", "[[30, 15, 1]]"],
+    ),
+    "point_label_7": (
+        {"img000.png": {"points": {"disc": [[30, 15, 7]]}}},
+        ["'img000.png'", "points['disc']", "[30, 15, 7]", "label 7", "1 (foreground) or 0"],
+    ),
+    "point_outside_image": (
+        {"img000.png": {"points": {"disc": [[30, 15], [300, 150, 1]]}}},
+        ["'img000.png'", "points['disc']", "[300, 150, 1]", "outside", "64x64"],
+    ),
+    "non_numeric_point": (
+        {"img000.png": {"points": {"disc": [["30", 15, 1]]}}},
+        ["'img000.png'", "points['disc']", '["30", 15, 1]', "numbers"],
+    ),
+    "non_numeric_box": (
+        {"img000.png": {"boxes": {"disc": [10, "top", 40, 40]}}},
+        ["'img000.png'", "boxes['disc']", '[10, "top", 40, 40]', "numbers"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PROMPTS))
+def test_bad_prompt_file_is_one_line_and_writes_nothing(
+    trained: tuple[Path, Path], tmp_path: Path, case: str
+) -> None:
+    run, images = trained
+    data, expected = BAD_PROMPTS[case]
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(data))
+    out = tmp_path / "pred"
+    result = _predict(run, images, out, "--prompts", str(prompts))
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert str(prompts) in lines[0]
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    assert not out.exists()
+
+
+def test_good_prompts_accepted(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    run, images = trained
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(
+        json.dumps(
+            {
+                "img000.png": {"boxes": {"disc": [0, 0, 64, 64]}},
+                "img001": {"points": {"disc": [[30, 15], [3.5, 60, 0]], "square": [[64, 64, 1]]}},
+            }
+        )
+    )
+    out = tmp_path / "pred"
+    result = _predict(run, images, out, "--prompts", str(prompts))
+    assert result.exit_code == 0, result.output
+    assert f"{N_IMAGES} image(s) written, 0 failed" in result.output
+    report = json.loads((out / "predictions.json").read_text())
+    modes = {Path(r["image"]).name: r["prompt_mode"] for r in report["images"]}
+    assert modes == {"img000.png": "box", "img001.png": "point", "img002.png": "auto"}
+    assert report["format"] == "medpeft-predictions" and report["failed"] == [] and report["complete"]
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_batch_skips_unreadable_files(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    run, good = trained
+    inputs = tmp_path / "inputs"
+    shutil.copytree(good, inputs)
+    data = (good / "img000.png").read_bytes()
+    (inputs / "broken.png").write_bytes(data[: len(data) // 2])
+    (inputs / "notes.png").write_text("this is not an image\n")
+    before = _digests(inputs)
+    out = tmp_path / "pred"
+    result = _predict(run, inputs, out)
+    assert result.exit_code == 1, result.output
+    assert f"{N_IMAGES} image(s) written, 2 failed:" in result.output
+    assert "broken.png" in result.output and "notes.png" in result.output
+    for name in ("img000", "img001", "img002"):
+        assert np.array(Image.open(out / "masks" / f"{name}.png")).shape == (64, 64)
+        assert (out / "overlays" / f"{name}.png").is_file()
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["img000.png", "img001.png", "img002.png"]
+    report = json.loads((out / "predictions.json").read_text())
+    assert len(report["images"]) == N_IMAGES
+    failed = {Path(f["image"]).name: f["error"] for f in report["failed"]}
+    assert set(failed) == {"broken.png", "notes.png"}
+    assert all(err and "\n" not in err for err in failed.values())
+    assert _digests(inputs) == before
+
+
+def test_all_files_failing_still_writes_report(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    run, _ = trained
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a.png").write_text("not a png")
+    (inputs / "b.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    out = tmp_path / "pred"
+    result = _predict(run, inputs, out)
+    assert result.exit_code == 1, result.output
+    assert "0 image(s) written, 2 failed:" in result.output
+    report = json.loads((out / "predictions.json").read_text())
+    assert report["images"] == [] and [Path(f["image"]).name for f in report["failed"]] == ["a.png", "b.png"]
+
+
+@pytest.mark.parametrize("flags", [[], ["--overwrite"]])
+def test_user_folder_is_never_replaced(trained: tuple[Path, Path], tmp_path: Path, flags: list[str]) -> None:
+    run, images = trained
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    result = _predict(run, images, out, *flags)
+    assert result.exit_code == 2, result.output
+    assert "already holds files" in result.output and str(out) in result.output
+    assert "not a medpeft prediction output" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "my notes"
+
+
+def test_earlier_prediction_replaced_only_with_overwrite(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    run, images = trained
+    out = tmp_path / "pred"
+    assert _predict(run, images, out).exit_code == 0
+    stale = out / "masks" / "old_scan.png"
+    shutil.copy(out / "masks" / "img000.png", stale)
+    before = (out / "predictions.json").read_text()
+
+    result = _predict(run, images, out)
+    assert result.exit_code == 2, result.output
+    assert "already holds files" in result.output and "--overwrite" in result.output
+    assert stale.is_file() and (out / "predictions.json").read_text() == before
+
+    result = _predict(run, images, out, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not stale.exists()
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["img000.png", "img001.png", "img002.png"]
+    report = json.loads((out / "predictions.json").read_text())
+    assert report["format"] == "medpeft-predictions" and len(report["images"]) == N_IMAGES
+
+
+def test_overwrite_refuses_prediction_folder_with_user_files(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, images = trained
+    out = tmp_path / "pred"
+    assert _predict(run, images, out).exit_code == 0
+    (out / "notes.txt").write_text("my notes")
+    result = _predict(run, images, out, "--overwrite")
+    assert result.exit_code == 2, result.output
+    assert "notes.txt" in result.output
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "masks" / "img000.png").is_file()
