@@ -94,7 +94,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
 
     monkeypatch.setattr(SegmentationLoss, "forward", poisoned)
     cfg = _cfg(shapes_dataset, tmp_path / "nan", epochs=2, checkpoint_every=1)
-    with pytest.raises(NonFiniteLoss, match="step 2.*step-000002"):
+    with pytest.raises(NonFiniteLoss, match="step 3.*step-000002"):
         train(cfg, progress=False)
     assert ckpt.resolve_pointer(cfg.train.output_dir, "last").name == "step-000002"
 

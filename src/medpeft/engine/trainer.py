@@ -218,7 +218,8 @@ def train(
         last = ckpt.resolve_pointer(run_dir, "last")
         good = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
         return NonFiniteLoss(
-            f"{what} at step {step}; training stopped, {good}; lower train.lr or check the data"
+            f"{what} in optimizer step {step + 1}; training stopped before saving it, {good}; "
+            "lower train.lr or check the data"
         )
 
     trainable = [p for p in model.parameters() if p.requires_grad]
