@@ -299,7 +299,7 @@ def test_pth_original_format(tmp_path: Path, wrap: bool) -> None:
 
 
 def test_missing_checkpoint_path() -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(ValueError, match="does not exist"):
         load_sam("/nonexistent/medsam_vit_b.pth")
 
 

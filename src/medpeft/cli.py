@@ -41,9 +41,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from medpeft.data.readers import DataError
     from medpeft.engine.checkpoint import CheckpointError
     from medpeft.engine.trainer import NonFiniteLoss, RunDirExists
+    from medpeft.models.bundled import BundledWeightsError
     from medpeft.models.loading import BaseModelUnavailable
 
     return (
+        BundledWeightsError,
         ConfigError,
         DataError,
         CheckpointError,

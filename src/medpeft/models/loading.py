@@ -22,6 +22,7 @@ from .convert import (
     original_sam_config,
     unwrap_checkpoint,
 )
+from .bundled import BUNDLED_NAMES, load_bundled_state_dict
 from .presets import PRESET_NAMES, check_image_size, preset_config, with_image_size
 from .resize import port_state_dict
 
@@ -132,7 +133,8 @@ def _looks_like_path(source: str) -> bool:
 def load_sam(source: str, image_size: int = 256) -> tuple[SamModel, dict[str, Any]]:
     """Load a SAM base model at ``image_size`` and return ``(model, identity)``.
 
-    ``source`` is a preset name (random init from torch's current RNG), a ``save_pretrained``
+    ``source`` is a preset name (random init from torch's current RNG), a foundation bundled with the
+    package (``sam-mini-med``), a ``save_pretrained``
     directory, a segment-anything/MedSAM ``.pth``/``.pt`` file, or a hub id ``owner/name``.
     Pretrained weights are ported from their native image size and loaded with ``strict=True``.
     The identity is ``{"source", "kind", "image_size", "sha256", "random_init"}``. The model is in
@@ -142,6 +144,9 @@ def load_sam(source: str, image_size: int = 256) -> tuple[SamModel, dict[str, An
     path = Path(source).expanduser()
     if source in PRESET_NAMES:
         kind, model = "preset", build_sam(preset_config(source, image_size))
+    elif source in BUNDLED_NAMES:
+        sd, info = load_bundled_state_dict(source)
+        kind, model = "bundled", _from_state_dict(sd, preset_config(info["preset"], info["image_size"]), image_size)
     elif path.is_dir():
         try:
             native = SamModel.from_pretrained(path, local_files_only=True)
@@ -159,6 +164,7 @@ def load_sam(source: str, image_size: int = 256) -> tuple[SamModel, dict[str, An
     elif "/" not in source:
         raise ValueError(
             f"unknown SAM base model {source!r}: not a preset ({', '.join(PRESET_NAMES)}), "
+            f"not a bundled foundation ({', '.join(BUNDLED_NAMES)}), "
             "not an existing path, and not a hub id of the form 'owner/name'"
         )
     else:
