@@ -261,7 +261,7 @@ def _state_sizes(cfg: Any, labels: list[str]) -> dict[str, int]:
     from medpeft.engine.build import build_model, build_optimizer
     from medpeft.optim import adamw_state_numel, optimizer_state_numel
 
-    model, _ = build_model(cfg, labels, announce=False)
+    model, _ = build_model(cfg, labels)
     optimizer = build_optimizer(cfg, model)
     adamw = adamw_state_numel([p for p in model.parameters() if p.requires_grad])
     state = optimizer_state_numel(optimizer) if cfg.optimizer.name == "galore_adamw" else adamw

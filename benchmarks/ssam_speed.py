@@ -78,7 +78,7 @@ def build(name: str, args: argparse.Namespace) -> nn.Module:
 
     adapters, mode = CONFIGS[name] if name in CONFIGS else ([], None)
     cfg = parse_config(_config_dict(args, adapters))
-    model, _ = build_model(cfg, ["target"], announce=False)
+    model, _ = build_model(cfg, ["target"])
     if mode is not None:
         set_svd_mode(model, mode)  # type: ignore[arg-type]
     return model

@@ -59,7 +59,7 @@ def measure(method: str, args: argparse.Namespace) -> dict[str, Any]:
             "adapters": METHODS[method],
         }
     )
-    model, _ = build_model(cfg, ["target"], announce=False)
+    model, _ = build_model(cfg, ["target"])
     model.train()
     optimizer = build_optimizer(cfg, model)
     loss_fn = SegmentationLoss(cfg.loss)

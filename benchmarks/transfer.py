@@ -173,7 +173,7 @@ def _evaluate(model: Any, dataset: Any, modes: tuple[str, ...], out: Path) -> di
             res[f"dice_{mode}"] = res[f"assd_{mode}"] = math.nan
             continue
         try:
-            s = evaluate(model, dataset, mode, out / f"eval-{mode}", overlays=4, progress=False)
+            s = evaluate(model, dataset, mode, out / f"eval-{mode}", progress=False)
         except ValueError as err:  # e.g. automatic mode with several classes and no class prompt
             print(f"[transfer] {out.name}: {mode} mode not available ({err})")
             res[f"dice_{mode}"] = res[f"assd_{mode}"] = math.nan
@@ -226,7 +226,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         row.update(trainable=trainable, total_params=total, optimizer_state=2 * trainable)
         row.update(_evaluate(model, test_ds, ("auto",), run_dir))
     elif job["method"] == "zero_shot":
-        model, _ = build_model(cfg, splits.label_names, announce=False)
+        model, _ = build_model(cfg, splits.label_names)
         model.eval()
         row.update(
             train_seconds=0.0, peak_rss_mib=peak_rss_mib(), steps=0, val_dice=math.nan, adapter_bytes=0

@@ -105,7 +105,7 @@ def test_galore_training_converges(projector: str, big_shapes: Path, tmp_path: P
     # GaLore really ran on the covered weights: rank-r moments, refreshed bases, weights moved
     last = ckpt.resolve_pointer(result.run_dir, "last")
     galore = _galore_states(ckpt.load_training_state(last)["optimizer"])
-    init, _ = build_model(cfg, LABELS, announce=False)
+    init, _ = build_model(cfg, LABELS)
     params = {n: p for n, p in init.named_parameters() if re.search(ATTN, n)}
     assert set(galore) == set(params) and len(params) == 4
     tensors = load_file(str(last / ckpt.ADAPTER_FILE))
@@ -153,7 +153,7 @@ def test_training_state_loads_weights_only_with_projectors(big_shapes: Path, tmp
     state = torch.load(path, map_location="cpu", weights_only=True)
     opt = state["optimizer"]
     galore = _galore_states(opt)
-    model, _ = build_model(cfg, LABELS, announce=False)
+    model, _ = build_model(cfg, LABELS)
     shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
     assert len(galore) == 4
     for name, st in galore.items():
@@ -177,7 +177,7 @@ def test_training_state_loads_weights_only_with_projectors(big_shapes: Path, tmp
 
 def test_optimizer_report_galore_state_is_smaller_than_adamw(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, tmp_path / "run")
-    model, _ = build_model(cfg, LABELS, announce=False)
+    model, _ = build_model(cfg, LABELS)
     galore, adamw = _expected_state_numel(model)
     line = optimizer_report(model, cfg)
     assert f"state {galore:,} numbers vs AdamW {adamw:,}" in line
@@ -208,7 +208,7 @@ def test_targets_matching_nothing_is_a_config_error(big_shapes: Path, tmp_path: 
     d = tiny_config_dict(big_shapes, tmp_path / "lora")
     d["optimizer"] = {"name": "galore_adamw"}
     lora_cfg = parse_config(d)
-    model, _ = build_model(lora_cfg, LABELS, announce=False)
+    model, _ = build_model(lora_cfg, LABELS)
     with pytest.warns(UserWarning), pytest.raises(ConfigError, match="match no trainable weight matrix"):
         optimizer_report(model, lora_cfg)
 
@@ -218,7 +218,7 @@ def test_two_processes_derive_identical_projectors(projector: str, tmp_path: Pat
     """Two ranks of a data-parallel run: same seed and names, different global RNG and parameter order."""
     cfg = _cfg(tmp_path, tmp_path / "run", projector, update_gap=2)
     gen = torch.Generator().manual_seed(0)
-    model_a, _ = build_model(cfg, LABELS, announce=False)
+    model_a, _ = build_model(cfg, LABELS)
     names = [n for n, _ in model_a.named_parameters() if re.search(ATTN, n)]
     # three steps of the same (all-reduced) gradients; both qkv layers get the same one
     qkv = [n for n in names if ".qkv." in n]
@@ -242,7 +242,7 @@ def test_two_processes_derive_identical_projectors(projector: str, tmp_path: Pat
         return bases
 
     rank0 = run(build_optimizer(cfg, model_a), model_a, rng_seed=1)
-    model_b, _ = build_model(cfg, LABELS, announce=False)
+    model_b, _ = build_model(cfg, LABELS)
     trainable = [(n, p) for n, p in model_b.named_parameters() if p.requires_grad]
     groups = build_galore_param_groups(
         reversed(trainable),
@@ -275,7 +275,7 @@ def test_shipped_config_projects_exactly_the_attention_weights() -> None:
         200,
         0.25,
     )
-    model, _ = build_model(cfg, LABELS, announce=False)
+    model, _ = build_model(cfg, LABELS)
     optimizer = build_optimizer(cfg, model)
     covered = sorted(n for g in optimizer.param_groups if g["galore"] for n in g["param_names"])
     assert covered == sorted(n for n, _ in model.named_parameters() if re.search(ATTN, n))

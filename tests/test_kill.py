@@ -32,7 +32,8 @@ EPOCHS = 8  # 14 training images / batch 2 = 7 steps an epoch: 56 steps, ~0.1 s 
 KILLS = 12
 MAX_STARTS = 40
 WALL_LIMIT_S = 240
-POLL_S = 0.002
+POLL_S = 0.001  # while waiting for a short window (a checkpoint or pointer being written)
+SLOW_POLL_S = 0.02  # while waiting for start-up (seconds of imports)
 MODES = ("step", "step", "checkpoint", "commit")  # drawn for every start after the scripted ones
 SCRIPTED = ("commit", "best")  # the first checkpoint's pointer switch; the first best.json switch
 
@@ -70,7 +71,7 @@ def _tmp_leftovers(run: Path) -> list[Path]:
     return sorted(p for p in run.rglob(".tmp-*"))
 
 
-def _wait(proc: subprocess.Popen, ready, timeout: float) -> bool:
+def _wait(proc: subprocess.Popen, ready, timeout: float, poll: float = POLL_S) -> bool:
     """Poll ``ready()`` until it holds (True), the process exits (False) or ``timeout`` passes (True)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -78,15 +79,40 @@ def _wait(proc: subprocess.Popen, ready, timeout: float) -> bool:
             return False
         if ready():
             return True
-        time.sleep(POLL_S)
+        time.sleep(poll)
     return proc.poll() is None
+
+
+def _newest_step(run: Path) -> int:
+    return max((ckpt._step_of(p) for p in ckpt.step_checkpoints(run)), default=0)
+
+
+def _wait_for_moment(
+    proc: subprocess.Popen, run: Path, mode: str, resumed_at: int, log_before: tuple | None
+) -> bool:
+    """Wait until this start trains, then for the moment ``mode`` aims at; False if the process ended."""
+    # training proper has begun once this process logs a step past the checkpoint it resumes from (rows
+    # a killed process logged after its last checkpoint are truncated first, so they do not count)
+    alive = _wait(
+        proc,
+        lambda: _stat(run / "log.csv") not in (None, log_before) and _last_logged_step(run) > resumed_at,
+        timeout=60,
+        poll=SLOW_POLL_S,
+    )
+    if alive and mode == "checkpoint":  # inside write_checkpoint: a .tmp-step-* folder is being filled
+        alive = _wait(proc, lambda: any((run / "checkpoints").glob(".tmp-step-*")), timeout=3)
+    elif alive and mode == "commit":  # a checkpoint renamed into place, last.json not yet switched to it
+        alive = _wait(proc, lambda: _newest_step(run) > _pointer_step(run, "last"), timeout=3)
+    elif alive and mode == "best":  # best.json being replaced (only the first validation improves here)
+        alive = _wait(proc, lambda: any(run.glob(".tmp-best.json-*")), timeout=3)
+    return alive
 
 
 def _where(run: Path, before_last: int) -> str:
     """Classify the moment the kill landed in, from what it left behind."""
     tmp = _tmp_leftovers(run)
     last = _pointer_step(run, "last")
-    newest = max((ckpt._step_of(p) for p in ckpt.step_checkpoints(run)), default=0)
+    newest = _newest_step(run)
     if any(p.parent.name == "checkpoints" and p.is_dir() for p in tmp):
         return "checkpoint .tmp folder being written"
     if tmp:
@@ -97,7 +123,7 @@ def _where(run: Path, before_last: int) -> str:
         return "before the first checkpoint"
     if last > before_last:
         return "between checkpoints (step, validation or cleanup)"
-    return "start-up/resume before any new checkpoint"
+    return "a step after start-up, before this start's first checkpoint"
 
 
 def _check_pointers(run: Path) -> dict[str, int]:
@@ -108,7 +134,9 @@ def _check_pointers(run: Path) -> dict[str, int]:
         if target is None:
             continue
         record = ckpt.verify_checkpoint(target)
-        assert record["step"] == ckpt._step_of(target), f"{name}.json -> {target}: record of step {record['step']}"
+        assert record["step"] == ckpt._step_of(target), (
+            f"{name}.json -> {target}: record of step {record['step']}"
+        )
         model, loaded, _ = load_trained(target)
         assert loaded["step"] == record["step"] and any(p.requires_grad for p in model.parameters())
         steps[name] = record["step"]
@@ -120,7 +148,9 @@ def test_sigkill_at_random_moments_keeps_pointers_valid_and_resume_exact(tmp_pat
     data = make_shapes_dataset(tmp_path / "shapes", n=24, size=64)
     settings = dict(epochs=EPOCHS, checkpoint_every=1, log_every=1, batch_size=2)
 
-    reference = train(parse_config(tiny_config_dict(data, tmp_path / "reference", **settings)), progress=False)
+    reference = train(
+        parse_config(tiny_config_dict(data, tmp_path / "reference", **settings)), progress=False
+    )
     ref_rows = _log_rows(tmp_path / "reference")
     assert reference.steps == len([r for r in ref_rows if r["loss"]]) >= 40
 
@@ -150,31 +180,13 @@ def test_sigkill_at_random_moments_keeps_pointers_valid_and_resume_exact(tmp_pat
         assert n <= MAX_STARTS and elapsed < WALL_LIMIT_S, (
             f"only {sum(landed.values())} kills after {n - 1} starts and {elapsed:.0f} s: {dict(landed)}"
         )
-        before_last = _pointer_step(run, "last") if run.exists() else 0
+        before_last = max(_pointer_step(run, "last"), 0) if run.exists() else 0
         log_before = _stat(run / "log.csv")
         mode = SCRIPTED[n - 1] if n <= len(SCRIPTED) else rng.choice(MODES)
         delay = {"step": rng.uniform(0.0, 0.3), "checkpoint": rng.uniform(0.0, 0.003)}.get(mode, 0.0)
         proc = start(n, resume=n > 1)
         try:
-            # training proper has begun once this process logs a step past the checkpoint it resumed from
-            # (rows a killed process logged after its last checkpoint are truncated first, so they do not count)
-            alive = _wait(
-                proc,
-                lambda: _stat(run / "log.csv") not in (None, log_before)
-                and _last_logged_step(run) > max(before_last, 0),
-                timeout=60,
-            )
-            if alive and mode == "checkpoint":  # kill inside write_checkpoint
-                alive = _wait(proc, lambda: any((run / "checkpoints").glob(".tmp-step-*")), timeout=3)
-            elif alive and mode == "commit":  # kill between a checkpoint's rename and its pointer switch
-                alive = _wait(
-                    proc,
-                    lambda: max((ckpt._step_of(p) for p in ckpt.step_checkpoints(run)), default=0)
-                    > _pointer_step(run, "last"),
-                    timeout=3,
-                )
-            elif alive and mode == "best":  # kill while best.json is replaced (the first validation's)
-                alive = _wait(proc, lambda: any(run.glob(".tmp-best.json-*")), timeout=3)
+            alive = _wait_for_moment(proc, run, mode, before_last, log_before)
             if alive:
                 time.sleep(delay)
             if proc.poll() is None:
@@ -208,7 +220,9 @@ def test_sigkill_at_random_moments_keeps_pointers_valid_and_resume_exact(tmp_pat
     assert _tmp_leftovers(run) == []
     steps = _check_pointers(run)
     assert steps["last"] == reference.steps
-    assert steps.get("best") == ckpt._step_of(reference.best_checkpoint)
+    assert steps.get("best") == ckpt._step_of(reference.best_checkpoint), (
+        f"best.json names step {steps.get('best')}, the uninterrupted run's names {reference.best_checkpoint}"
+    )
 
     rows = _log_rows(run)
     assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]  # no repeated or missing rows

@@ -86,7 +86,7 @@ def test_vit_b_count_is_scale_shift_plus_encoder_norms(monkeypatch: pytest.Monke
         }
     )
     base_total = sum(p.numel() for p in load_sam("sam-vit-base", 1024)[0].parameters())
-    model, _ = build_model(cfg, ["foreground"], announce=False)
+    model, _ = build_model(cfg, ["foreground"])
 
     # SAM ViT-B, written out: width 768, MLP 3072, 12 blocks; neck LayerNorms over 256 channels.
     width, mlp, blocks, neck = 768, 3072, 12, 256
@@ -149,7 +149,7 @@ def test_ablation_configs_differ_only_in_their_switches() -> None:
 @pytest.mark.parametrize("row", sorted(ROWS))
 def test_ablation_switches_set_the_trainable_families(row: str, clip_dir: Path) -> None:
     cfg = load_config(ABLATION / f"{row}.yaml", [*TINY, f"model.text_encoder={clip_dir}"])
-    model, _ = build_model(cfg, ORGANS, announce=False)
+    model, _ = build_model(cfg, ORGANS)
     families = {_family(n) for n in _trainable(model)}
     assert families == ROWS[row]
     assert len(svd_layers(model)) == 8  # sam-tiny: 2 blocks x (qkv, proj, lin1, lin2), in every row
@@ -188,7 +188,7 @@ def text_run(tmp_path_factory: pytest.TempPathFactory, clip_dir: Path) -> tuple[
 
 def test_text_prompts_give_one_mask_per_organ(clip_dir: Path) -> None:
     cfg = load_config(CONFIGS / "ssam.yaml", [*TINY, f"model.text_encoder={clip_dir}"])
-    model, _ = build_model(cfg, ORGANS, announce=False)
+    model, _ = build_model(cfg, ORGANS)
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits = model.eval()(images)  # automatic mode: the label names are the only prompt
@@ -200,7 +200,7 @@ def test_text_prompts_give_one_mask_per_organ(clip_dir: Path) -> None:
 
 def test_text_and_box_prompts_combine(clip_dir: Path) -> None:
     cfg = load_config(CONFIGS / "ssam.yaml", [*TINY, f"model.text_encoder={clip_dir}"])
-    model, _ = build_model(cfg, ORGANS, announce=False)
+    model, _ = build_model(cfg, ORGANS)
     images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     box = torch.tensor([[[8.0, 8.0, 40.0, 40.0]]])
     with torch.no_grad():

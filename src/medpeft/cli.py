@@ -1,4 +1,4 @@
-"""The ``medpeft`` command line: train, evaluate, predict, info, merge, demo."""
+"""The ``medpeft`` command line: train, evaluate, predict, report, info, merge, demo."""
 
 from __future__ import annotations
 
@@ -159,6 +159,31 @@ def evaluate(
         )
     typer.echo(format_table(summary))
     typer.echo(f"wrote {out}/per_image.csv, summary.json and overlays/")
+    run_dir = _run_dir_of(checkpoint)
+    if run_dir is not None and run_dir.resolve() in out.resolve().parents:
+        from medpeft.engine.html_report import write_report
+
+        typer.echo(f"report: {write_report(run_dir)}")
+
+
+def _run_dir_of(path: Path) -> Path | None:
+    """The run folder a checkpoint (or run) path belongs to, if medpeft made it."""
+    from medpeft.engine.checkpoint import RUN_MARKER
+
+    for folder in (path, path.parent.parent):
+        if (folder / RUN_MARKER).is_file():
+            return folder
+    return None
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Argument(help="Run directory")]) -> None:
+    """Write RUN/report.html: model, method, per-class tables, before/after, curves and overlays."""
+    from medpeft.engine.html_report import write_report
+
+    with _one_line_errors():
+        path = write_report(run)
+    typer.echo(f"wrote {path}")
 
 
 def _check_labels(found: list[str], trained: list[str]) -> None:
@@ -262,6 +287,10 @@ def demo(
     data: Annotated[Path, typer.Option(help="Bundled demo dataset")] = Path("demo_data/totalseg_ct"),
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier demo run")] = False,
+    base: Annotated[
+        str | None,
+        typer.Option(help="Base model (default: the bundled sam-mini-med; or a hub id, dir, .pth)"),
+    ] = None,
 ) -> None:
     """The main job on bundled data: fine-tune, evaluate on held-out slices, write overlays."""
     from medpeft.engine.demo import run_demo
@@ -269,7 +298,7 @@ def demo(
     if output.exists() and any(output.iterdir()) and not (overwrite or _confirm_overwrite(output)):
         _fail(f"{output} already holds a demo run; pass --overwrite (or make demo DEMO_FLAGS=--overwrite)")
     with _one_line_errors():
-        summary = run_demo(output, data, set_ or [], overwrite=True)
+        summary = run_demo(output, data, set_ or [], overwrite=True, base=base)
     typer.echo(json.dumps(summary, indent=2))
 
 

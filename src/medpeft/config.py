@@ -29,7 +29,6 @@ class ModelConfig(_Strict):
     class_prompt: Literal["learned", "text", "none"] = "learned"
     text_encoder: str | None = None  # CLIP hub id or local dir, for class_prompt: text
     text_template: str = "{}"
-    fallback_preset: str | None = None  # only `medpeft demo` sets this: used when the base cannot load
 
     @field_validator("image_size")
     @classmethod
@@ -241,7 +240,7 @@ def method_configs(adapters: list[dict[str, Any]]) -> list[tuple[str, BaseModel]
         try:
             out.append((method.name, method.config_cls(**params)))
         except ValidationError as e:
-            valid = ", ".join(method.config_cls.model_fields)
+            valid = ", ".join(sorted(method.config_cls.model_fields, key=lambda k: k == "lr"))
             raise ValueError(
                 f"adapters[{i}] ({method.name}): {_first_error(e)}; valid keys: {valid}"
             ) from None

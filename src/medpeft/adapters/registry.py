@@ -12,14 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 
 class MethodConfig(BaseModel):
-    """Base class of every method's config: unknown keys are errors."""
+    """Base class of every method's config: unknown keys are errors.
+
+    ``lr``: this method's own learning rate (default: ``train.lr``), as papers tune adapters and
+    decoders apart (SAMed trains LoRA at 5e-3); the schedule scales every group alike.
+    """
 
     model_config = ConfigDict(extra="forbid")
+    lr: float | None = Field(None, gt=0)
 
 
 @dataclass(frozen=True)

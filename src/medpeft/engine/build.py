@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,8 @@ from medpeft.config import Config, ConfigError, method_configs
 from medpeft.data.dataset import SegmentationDataset
 from medpeft.data.readers import ImageRecord, read_dataset
 from medpeft.data.splits import load_split_file, split_records
-from medpeft.models.loading import BaseModelUnavailable, load_sam, weights_sha256
+from medpeft.models.loading import load_sam, weights_sha256
 from medpeft.models.segmenter import SamSegmenter
-
-log = logging.getLogger(__name__)
 
 
 def build_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn.Module | None:
@@ -38,34 +35,21 @@ def build_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn.Modu
     return TextClassPrompt(label_names, encoder, dim)
 
 
-def load_base(cfg: Config, announce: bool = True) -> tuple[nn.Module, dict[str, Any]]:
-    """Load the base SAM; only a config with ``model.fallback_preset`` (the demo) may fall back."""
-    torch.manual_seed(cfg.train.seed)  # random-init presets are reproducible from the seed
-    try:
-        sam, identity = load_sam(cfg.model.base, cfg.model.image_size)
-    except BaseModelUnavailable as e:
-        if not cfg.model.fallback_preset:
-            raise
-        if announce:
-            print(
-                f"[medpeft] base model {cfg.model.base!r} is unavailable ({e.__class__.__name__}); "
-                f"running on the RANDOM-INIT preset {cfg.model.fallback_preset!r} instead, results are not pretrained."
-            )
-        torch.manual_seed(cfg.train.seed)
-        sam, identity = load_sam(cfg.model.fallback_preset, cfg.model.image_size)
-        identity = dict(identity, fallback_from=cfg.model.base)
-    identity = dict(identity, seed=cfg.train.seed)
-    return sam, identity
+def load_base(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the base SAM (never falls back to another model); random-init presets follow the seed."""
+    torch.manual_seed(cfg.train.seed)
+    sam, identity = load_sam(cfg.model.base, cfg.model.image_size)
+    return sam, dict(identity, seed=cfg.train.seed)
 
 
 def build_model(
-    cfg: Config, label_names: list[str], announce: bool = True, expected: dict[str, Any] | None = None
+    cfg: Config, label_names: list[str], expected: dict[str, Any] | None = None
 ) -> tuple[SamSegmenter, dict[str, Any]]:
     """Base model + class prompt + adaptation methods, with exactly the intended tensors trainable.
 
     ``expected``: the recorded identity of the base an adapter was trained on; its weights hash must match.
     """
-    sam, identity = load_base(cfg, announce)
+    sam, identity = load_base(cfg)
     if expected is not None:
         check_base_identity(sam, expected)
     dim = int(sam.config.prompt_encoder_config.hidden_size)
@@ -80,10 +64,21 @@ def build_model(
 
 
 def apply_methods(model: nn.Module, cfg: Config) -> nn.Module:
-    """Apply the configured adaptation methods in order (seeded, so re-application is identical)."""
+    """Apply the configured adaptation methods in order (seeded, so re-application is identical).
+
+    Sets ``model.method_lr``: parameter name -> learning rate of the method that made it trainable,
+    for methods that set their own ``lr``.
+    """
+    method_lr: dict[str, float] = {}
     for i, (name, method_cfg) in enumerate(method_configs(cfg.adapters)):
+        before = {n for n, p in model.named_parameters() if p.requires_grad}
         torch.manual_seed(cfg.train.seed + 100 + i)
         get_method(name).apply(model, method_cfg)
+        if method_cfg.lr is not None:
+            for n, p in model.named_parameters():
+                if p.requires_grad and n not in before:
+                    method_lr.setdefault(n, method_cfg.lr)
+    model.method_lr = method_lr
     return model
 
 
@@ -220,10 +215,37 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
                     "galore": False,
                 }
             )
-        return GaLoreAdamW(groups, lr=cfg.train.lr, betas=opt.betas, eps=opt.eps)
+        lr_of = _lr_of(model, cfg)
+        return GaLoreAdamW(split_by_lr(groups, lr_of), lr=cfg.train.lr, betas=opt.betas, eps=opt.eps)
     groups = [
-        {"params": [p for _, p in decay], "weight_decay": cfg.train.weight_decay},
-        {"params": [p for _, p in no_decay], "weight_decay": 0.0},
+        {
+            "params": [p for _, p in decay],
+            "param_names": [n for n, _ in decay],
+            "weight_decay": cfg.train.weight_decay,
+        },
+        {"params": [p for _, p in no_decay], "param_names": [n for n, _ in no_decay], "weight_decay": 0.0},
     ]
-    groups = [g for g in groups if g["params"]]
+    groups = split_by_lr([g for g in groups if g["params"]], _lr_of(model, cfg))
+    for g in groups:
+        g.pop("param_names")
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=opt.betas, eps=opt.eps)
+
+
+def _lr_of(model: nn.Module, cfg: Config) -> dict[str, float]:
+    method_lr = getattr(model, "method_lr", {})
+    return {n: method_lr.get(n, cfg.train.lr) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def split_by_lr(groups: list[dict[str, Any]], lr_of: dict[str, float]) -> list[dict[str, Any]]:
+    """Split each parameter group (with ``param_names``) into one group per learning rate (order kept)."""
+    out = []
+    for group in groups:
+        by_lr: dict[float, list[int]] = {}
+        for i, name in enumerate(group["param_names"]):
+            by_lr.setdefault(lr_of[name], []).append(i)
+        for lr, idx in by_lr.items():
+            part = dict(group, lr=lr)
+            part["params"] = [group["params"][i] for i in idx]
+            part["param_names"] = [group["param_names"][i] for i in idx]
+            out.append(part)
+    return out

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from medpeft.data.dataset import SegmentationDataset
@@ -32,7 +33,7 @@ def evaluate(
     threshold: float = 0.5,
     spacing: tuple[float, float] | None = None,
     surface: bool = True,
-    overlays: int = 8,
+    overlays: bool = True,
     batch_size: int = 2,
     progress: bool = True,
     not_scored: list[str] | None = None,
@@ -40,11 +41,12 @@ def evaluate(
     """Score every image and class; writes ``per_image.csv``, ``summary.json`` and overlays to ``out_dir``.
 
     ``not_scored``: labels of the model the evaluated data does not annotate (listed in the summary and
-    left out of the class mean).
+    left out of the class mean). ``overlays``: draw the best, median and worst case of each class
+    (``overlays/<image>.png``, listed in ``overlays.json``).
     """
     labels = [n for n in dataset.label_names if n not in (not_scored or [])]
     rows: list[dict[str, Any]] = []
-    n_overlays = 0
+    index_of: dict[str, int] = {}
     bar = tqdm(total=len(dataset), desc=f"evaluate ({mode})", unit="img", disable=not progress)
     for batch, logits in predict_batches(model, dataset, mode, batch_size):
         probs = torch.sigmoid(logits).cpu()
@@ -56,6 +58,7 @@ def evaluate(
             pred = prob > threshold
             truth = load_masks(dataset.records[index], names)
             px = meta.get("spacing") or spacing
+            index_of[meta["stem"]] = index
             scores = {
                 "dice": dice_per_class(pred[None], truth[None], empty_score)[0],
                 "iou": iou_per_class(pred[None], truth[None], empty_score)[0],
@@ -72,22 +75,63 @@ def evaluate(
                 }
                 row.update({k: float(v[c]) for k, v in scores.items()})
                 rows.append(row)
-            if out_dir is not None and n_overlays < overlays:
-                save_overlay(
-                    out_dir / "overlays" / f"{meta['stem']}.png",
-                    load_image(meta["path"]),
-                    pred,
-                    names,
-                    truth,
-                )
-                n_overlays += 1
             bar.update(1)
     bar.close()
     summary = summarize_rows(rows, labels, mode, units="mm" if spacing or _any_spacing(dataset) else "pixels")
     summary["labels_not_scored"] = list(not_scored or [])
     if out_dir is not None:
         write_results(out_dir, rows, summary)
+        if overlays:
+            cases = extreme_cases(rows, labels)
+            draw_cases(model, dataset, mode, [index_of[c["image"]] for c in cases], out_dir, threshold)
+            (out_dir / "overlays.json").write_text(json.dumps(cases, indent=2))
     return summary
+
+
+def extreme_cases(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
+    """Best, median and worst image of each class by Dice (images where the class is present first)."""
+    cases = []
+    for name in labels:
+        sel = [r for r in rows if r["label"] == name and math.isfinite(r["dice"])]
+        present = [r for r in sel if r["gt_pixels"] > 0]
+        ranked = sorted(present or sel, key=lambda r: r["dice"], reverse=True)
+        if not ranked:
+            continue
+        picks = {"best": ranked[0], "median": ranked[len(ranked) // 2], "worst": ranked[-1]}
+        for rank, r in picks.items():
+            cases.append(
+                {
+                    "label": name,
+                    "rank": rank,
+                    "image": r["image"],
+                    "dice": r["dice"],
+                    "file": f"overlays/{r['image']}.png",
+                }
+            )
+    return cases
+
+
+def draw_cases(
+    model: SamSegmenter,
+    dataset: SegmentationDataset,
+    mode: str,
+    indices: list[int],
+    out_dir: Path,
+    threshold: float,
+) -> None:
+    """Predict the chosen images again (prompts are deterministic) and write their overlays."""
+    indices = sorted(set(indices))
+    for batch, logits in predict_batches(model, Subset(dataset, indices), mode, 4):
+        probs = torch.sigmoid(logits).cpu()
+        for i, index in enumerate(batch["index"].tolist()):
+            meta = dataset.get_meta(index)
+            keep = batch["class_valid"][i].cpu()
+            names = [dataset.label_names[j] for j in batch["class_ids"][i].cpu()[keep].tolist()]
+            pred = undo_resize(probs[i][keep], meta, "bilinear").numpy() > threshold
+            truth = load_masks(dataset.records[index], names)
+            save_overlay(
+                out_dir / "overlays" / f"{meta['stem']}.png", load_image(meta["path"]), pred, names, truth
+            )
 
 
 def _any_spacing(dataset: SegmentationDataset) -> bool:

@@ -22,8 +22,7 @@ def load_trained(path: Path | str, base: str | None = None) -> tuple[SamSegmente
     cfg = parse_config(record["config"], source=str(directory / ckpt.RECORD_FILE))
     identity = record["base_model"]
     cfg.model.base = base or identity["source"]
-    cfg.model.fallback_preset = None
-    model, _ = build_model(cfg, record["label_names"], announce=False, expected=identity)
+    model, _ = build_model(cfg, record["label_names"], expected=identity)
     ckpt.load_adapter_tensors(model, directory, record)
     model.eval()
     return model, record, cfg

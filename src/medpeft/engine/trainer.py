@@ -22,7 +22,9 @@ from medpeft.adapters.svd import svd_penalty
 from medpeft.config import Config, dump_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_dataset, build_model, build_optimizer, build_splits, make_record
+from medpeft.engine.html_report import write_report
 from medpeft.engine.losses import SegmentationLoss
+from medpeft.engine.report import trainable_share
 from medpeft.engine.rundir import RunDirExists, check_replaceable, create_run_dir, data_paths
 from medpeft.engine.schedule import build_scheduler
 from medpeft.engine.validate import validate
@@ -149,7 +151,6 @@ def train(
     model, identity = build_model(
         cfg,
         splits.label_names,
-        announce=accelerator.is_main_process,
         expected=resume_record["base_model"] if resume_record else None,
     )
     optimizer = build_optimizer(cfg, model)
@@ -168,7 +169,10 @@ def train(
     scheduler = build_scheduler(
         optimizer, total_steps, warmup, cfg.train.schedule, cfg.train.poly_power, cfg.train.min_lr_ratio
     )
-    record = make_record(cfg, identity, splits.label_names)
+    trainable_n, total_n = trainable_share(model)
+    record = make_record(
+        cfg, identity, splits.label_names, parameters={"trainable": trainable_n, "total": total_n}
+    )
 
     step, start_epoch, history = 0, 0, []
     best: float | None = None
@@ -325,6 +329,8 @@ def train(
         from medpeft.viz import plot_training_curves
 
         plot_training_curves(history, run_dir / "curves.png")
+        if ckpt.pointed_checkpoints(run_dir):
+            write_report(run_dir)
     return TrainResult(run_dir, step, best, history, ckpt.resolve_pointer(run_dir, "best"))
 
 

@@ -34,7 +34,9 @@ def manifest(name: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise BundledWeightsError(f"bundled model {name!r}: {path} is missing or unreadable ({e}); {REINSTALL}") from None
+        raise BundledWeightsError(
+            f"bundled model {name!r}: {path} is missing or unreadable ({e}); {REINSTALL}"
+        ) from None
 
 
 def load_bundled_state_dict(name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -52,5 +54,7 @@ def load_bundled_state_dict(name: str) -> tuple[dict[str, torch.Tensor], dict[st
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise BundledWeightsError(f"bundled model {name!r}: {path} cannot be read ({e}); {REINSTALL}") from None
+        raise BundledWeightsError(
+            f"bundled model {name!r}: {path} cannot be read ({e}); {REINSTALL}"
+        ) from None
     return {k: v.float() for k, v in tensors.items()}, info

@@ -16,13 +16,13 @@ from huggingface_hub import constants as hub_constants
 from torch import nn
 from transformers import SamConfig, SamModel
 
+from .bundled import BUNDLED_NAMES, load_bundled_state_dict
 from .convert import (
     convert_segment_anything_state_dict,
     is_segment_anything_format,
     original_sam_config,
     unwrap_checkpoint,
 )
-from .bundled import BUNDLED_NAMES, load_bundled_state_dict
 from .presets import PRESET_NAMES, check_image_size, preset_config, with_image_size
 from .resize import port_state_dict
 
@@ -146,7 +146,10 @@ def load_sam(source: str, image_size: int = 256) -> tuple[SamModel, dict[str, An
         kind, model = "preset", build_sam(preset_config(source, image_size))
     elif source in BUNDLED_NAMES:
         sd, info = load_bundled_state_dict(source)
-        kind, model = "bundled", _from_state_dict(sd, preset_config(info["preset"], info["image_size"]), image_size)
+        kind, model = (
+            "bundled",
+            _from_state_dict(sd, preset_config(info["preset"], info["image_size"]), image_size),
+        )
     elif path.is_dir():
         try:
             native = SamModel.from_pretrained(path, local_files_only=True)
