@@ -10,11 +10,11 @@ from the training split. Model selection uses the validation split only (the tra
 validation checkpoint); the test split is scored once per run, with box prompts and in automatic
 mode (label prompt, no box), at each image's own resolution.
 
-Methods (``--methods`` picks a subset): zero_shot (no training), decoder, layernorm, lora (r=4 +
-decoder, as LoRA-SAM), vector_lora (DARES ranks 14->8 + decoder), ssam (singular values, norms,
+Methods (``--methods`` picks a subset): zero_shot (no training), decoder, layernorm, lora (r=4 at
+lr 5e-3 as SAMed, + decoder, as LoRA-SAM), vector_lora (DARES ranks 14->8 at lr 5e-3 + decoder), ssam (singular values, norms,
 pos-embed; box/point prompts only), ssam_text (the same with label-name prompts: CLIP with
 ``--text-encoder``, else a learned embedding per label), galore_srft / galore_svd (attention
-weights under GaLore-AdamW), full, and unet (MONAI U-Net from scratch, automatic mode only).
+weights under GaLore-AdamW, decoder trained beside them), full, and unet (MONAI U-Net from scratch, automatic mode only).
 
 Each run is a fresh subprocess, so its peak memory (peak RSS after training) and time are its
 own. Writes ``OUT/results.json`` (every run and the mean/std over seeds), ``OUT/table.md`` and
@@ -54,6 +54,7 @@ METHODS = (
 # of the model (layernorm, S-SAM), 1e-4 for those that train whole layers (decoder, LoRA + decoder,
 # GaLore, full), 1e-3 for the U-Net trained from scratch.
 PEFT_LR, FULL_LR, UNET_LR = 1e-3, 1e-4, 1e-3
+LORA_LR = 5e-3  # SAMed trains its LoRA at 5e-3
 RESULT_FIELDS = (
     "method",
     "shots",
@@ -100,11 +101,14 @@ def method_recipe(method: str, text_encoder: str | None, galore_rank: int) -> di
         recipe["lr"] = FULL_LR
     elif method == "layernorm":
         recipe["adapters"] = [{"name": "layernorm"}]
-    elif method == "lora":
-        recipe["adapters"] = [{"name": "lora", "r": 4}, {"name": "decoder"}]
+    elif method == "lora":  # LoRA at SAMed's own learning rate: at FULL_LR its zero-init B barely moves
+        recipe["adapters"] = [{"name": "lora", "r": 4, "lr": LORA_LR}, {"name": "decoder"}]
         recipe["lr"] = FULL_LR
     elif method == "vector_lora":
-        recipe["adapters"] = [{"name": "vector_lora", "r_max": 14, "r_min": 8}, {"name": "decoder"}]
+        recipe["adapters"] = [
+            {"name": "vector_lora", "r_max": 14, "r_min": 8, "lr": LORA_LR},
+            {"name": "decoder"},
+        ]
         recipe["lr"] = FULL_LR
     elif method in ("ssam", "ssam_text"):
         recipe["adapters"] = [
@@ -118,7 +122,8 @@ def method_recipe(method: str, text_encoder: str | None, galore_rank: int) -> di
         elif text_encoder:
             recipe["class_prompt"] = "text"
     elif method in ("galore_srft", "galore_svd"):
-        recipe["adapters"] = [{"name": "attention_weights", "layers": "attn"}]
+        # the decoder trains beside the projected attention weights, as in the LoRA rows and the paper
+        recipe["adapters"] = [{"name": "attention_weights", "layers": "attn"}, {"name": "decoder"}]
         recipe["optimizer"] = dict(galore, projector=method.split("_")[1])
         recipe["lr"] = FULL_LR
     elif method == "full":
