@@ -126,3 +126,30 @@ def test_shipped_files_are_packaged() -> None:
     data = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     patterns = data["tool"]["setuptools"]["package-data"]["medpeft"]
     assert {"weights/*.safetensors", "weights/*.json", "weights/*.md"} <= set(patterns)
+
+
+@pytest.mark.parametrize(
+    "adapters",
+    [
+        [{"name": "lora", "r": 2}, {"name": "decoder"}],
+        [{"name": "vector_lora", "r_max": 4, "r_min": 2}],
+        [{"name": "svd"}, {"name": "layernorm"}, {"name": "pos_embed"}],
+        [{"name": "bias"}],
+        [{"name": "attention_weights"}, {"name": "decoder"}],
+        [{"name": "full"}],
+    ],
+    ids=lambda a: "+".join(m["name"] for m in a),
+)
+def test_every_method_trains_on_the_bundled_base(stand_in: Path, adapters: list[dict]) -> None:
+    from medpeft.config import parse_config
+    from medpeft.engine.build import build_model
+    from medpeft.models.prompts import Prompts
+
+    cfg = parse_config({"model": {"base": "sam-mini-med", "image_size": 64}, "adapters": adapters})
+    model, identity = build_model(cfg, ["a", "b"])
+    assert identity["kind"] == "bundled"
+    boxes = torch.tensor([[[4.0, 4.0, 40.0, 40.0], [10.0, 10.0, 60.0, 50.0]]])
+    logits = model(torch.randn(1, 3, 64, 64), Prompts(boxes=boxes, class_ids=torch.arange(2)[None]))
+    logits.mean().backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
