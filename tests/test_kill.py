@@ -31,7 +31,7 @@ from medpeft.engine.trainer import train
 EPOCHS = 8  # 14 training images / batch 2 = 7 steps an epoch: 56 steps, ~0.1 s each with a checkpoint
 KILLS = 12
 MAX_STARTS = 40
-WALL_LIMIT_S = 240
+WALL_LIMIT_S = 300  # the kill loop: ~150 s on an idle 2-core machine, ~280 s with the other core busy
 POLL_S = 0.001  # while waiting for a short window (a checkpoint or pointer being written)
 SLOW_POLL_S = 0.02  # while waiting for start-up (seconds of imports)
 MODES = ("step", "step", "checkpoint", "commit")  # drawn for every start after the scripted ones
