@@ -50,7 +50,8 @@ def evaluations(run_dir: Path, prefix: str) -> dict[str, tuple[Path, dict[str, A
         summary = _load(folder / "summary.json")
         if isinstance(summary, dict) and "per_class" in summary:
             found[summary["prompt_mode"]] = (folder, summary)
-    return found
+    order = ("box", "box+point", "point", "auto")
+    return dict(sorted(found.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
 def _class_table(summary: dict[str, Any], before: dict[str, Any] | None) -> str:
