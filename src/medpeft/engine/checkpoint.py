@@ -298,7 +298,9 @@ def commit_checkpoint(run_dir: Path, ckpt_dir: Path, pointers: Iterable[str] = (
     the newest one be damaged later).
     """
     previous_last = resolve_pointer(run_dir, "last")
-    for pointer in pointers:
+    # "last" moves last: a kill between two switches must not leave last at a checkpoint whose
+    # improvement best.json never recorded (--resume continues from last and would never redo it)
+    for pointer in sorted(pointers, key=lambda p: p == "last"):
         atomic_write_json(run_dir / f"{pointer}.json", {"checkpoint": str(ckpt_dir.relative_to(run_dir))})
     keep = pointed_checkpoints(run_dir) | {previous_last}
     for old in step_checkpoints(run_dir):

@@ -63,7 +63,9 @@ def find_resume_checkpoint(run_dir: Path, resume: bool, resume_from: Path | None
     elif resume:
         directory = ckpt.resolve_pointer(run_dir, "last")
         if directory is None:
-            return None
+            # a kill between the first checkpoint's rename and its pointer leaves a complete checkpoint
+            # and no last.json: continue from the newest verified one (None: nothing saved, start afresh)
+            return ckpt.previous_complete(run_dir)
     else:
         return None
     try:
