@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import SamModel
 
-from medpeft.config import parse_config
+from medpeft.config import parse_config, parse_recorded_config
 from medpeft.data.collection import read_source
 from medpeft.data.splits import split_records
 from medpeft.engine import checkpoint as ckpt
@@ -83,7 +83,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / f"{NAME}.safetensors"
     save_file(half, str(weights), metadata={"format": "medpeft-bundled", "name": NAME})
-    cfg = parse_config(record["config"])
+    cfg = parse_recorded_config(record["config"])
     manifest = {
         "name": NAME,
         "file": weights.name,

@@ -289,6 +289,18 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"{source}: {key}: {msg}" if key else f"{source}: {msg}") from None
 
 
+REMOVED_KEYS = (("model", "fallback_preset"),)  # keys older versions recorded that no longer exist
+
+
+def parse_recorded_config(data: dict[str, Any], source: str = "config") -> Config:
+    """A config stored in a checkpoint record, written by this or an older medpeft (removed keys dropped)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in (data or {}).items()}
+    for section, key in REMOVED_KEYS:
+        if isinstance(data.get(section), dict):
+            data[section].pop(key, None)
+    return parse_config(data, source)
+
+
 def set_key(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``a.b.c=value`` override (value parsed as YAML) to a config mapping."""
     if "=" not in assignment:

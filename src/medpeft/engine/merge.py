@@ -27,12 +27,12 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
     """
     if out.exists() and any(out.iterdir()) and not (out / HEAD_RECORD).is_file():
         raise ValueError(f"{out} holds files that are not a medpeft merge output; refusing to replace them")
-    model, record, _ = load_trained(checkpoint)
+    model, record, cfg = load_trained(checkpoint)
     gen = torch.Generator().manual_seed(seed)
     size = model.image_size
     probe = torch.randn(1, 3, size, size, generator=gen)
     before = model(probe)
-    merge_methods(model, _cfg_of(record))
+    merge_methods(model, cfg)
     leftover = [n for n, _ in model.named_parameters() if "lora_" in n or n.endswith((".scale", ".shift"))]
     if leftover:
         raise RuntimeError(f"merge left adapter tensors behind: {leftover[:5]}")
@@ -68,8 +68,3 @@ def _write_merged(model, record: dict, source: str, diff: float, out: Path) -> N
         )
     )
 
-
-def _cfg_of(record: dict):
-    from medpeft.config import parse_config
-
-    return parse_config(record["config"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medpeft.config import Config, parse_config
+from medpeft.config import Config, parse_recorded_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_model
 from medpeft.models.segmenter import SamSegmenter
@@ -19,7 +19,7 @@ def load_trained(path: Path | str, base: str | None = None) -> tuple[SamSegmente
     """
     directory = ckpt.resolve_checkpoint(path)
     record = ckpt.read_record(directory)
-    cfg = parse_config(record["config"], source=str(directory / ckpt.RECORD_FILE))
+    cfg = parse_recorded_config(record["config"], source=str(directory / ckpt.RECORD_FILE))
     identity = record["base_model"]
     cfg.model.base = base or identity["source"]
     model, _ = build_model(cfg, record["label_names"], expected=identity)
