@@ -162,7 +162,7 @@ slices (box prompts, no label token): mean Dice {demo["mean"]:.3f} ({organs}).
 
 **Reproduce.**
 ```bash
-medpeft train configs/foundation_sam_mini_med.yaml          # needs ../shared/data; ~35 min on 1 CPU thread
+medpeft train configs/foundation_sam_mini_med.yaml          # needs ../shared/data; 47 min on 1 CPU thread here (beside other jobs)
 python scripts/bundle_foundation.py runs/foundation_sam_mini_med
 ```
 
