@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from medpeft.data.readers import IMAGE_EXTENSIONS, DataError, image_size, load_image
 from medpeft.data.transforms import normalize, resize, undo_resize, valid_region
+from medpeft.engine.checkpoint import atomic_write_json
 from medpeft.models.prompts import Prompts
 from medpeft.models.segmenter import SamSegmenter
 from medpeft.viz import save_label_map, save_overlay
@@ -242,7 +242,8 @@ def check_output_dir(out_dir: Path, overwrite: bool = False, inputs: list[Path] 
         )
     stale: list[Path] = []
     for entry in entries:
-        if entry.name in (_REPORT, _REPORT + ".tmp") and entry.is_file() and not entry.is_symlink():
+        ours = entry.name == _REPORT or entry.name.startswith(f".tmp-{_REPORT}-")  # or a killed write's temp
+        if ours and entry.is_file() and not entry.is_symlink():
             stale.append(entry)
             continue
         if entry.name in _OUTPUT_DIRS and entry.is_dir() and not entry.is_symlink():
@@ -273,9 +274,7 @@ def clear_output(stale: list[Path]) -> None:
 
 
 def _write_report(out_dir: Path, report: dict[str, Any]) -> None:
-    tmp = out_dir / (_REPORT + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out_dir / _REPORT)
+    atomic_write_json(out_dir / _REPORT, report)
 
 
 def _output_names(images: list[Path]) -> dict[Path, str]:
