@@ -270,10 +270,10 @@ def pointed_checkpoints(run_dir: Path) -> set[Path]:
 def step_checkpoints(run_dir: Path) -> list[Path]:
     """The run's checkpoint folders, newest step first (complete or not; temporary folders excluded)."""
     folder = Path(run_dir) / "checkpoints"
-    return sorted((p for p in folder.glob("step-*") if _step_of(p) >= 0), key=_step_of, reverse=True)
+    return sorted((p for p in folder.glob("step-*") if step_of(p) >= 0), key=step_of, reverse=True)
 
 
-def _step_of(directory: Path) -> int:
+def step_of(directory: Path) -> int:
     m = _STEP_DIR.match(directory.name)
     return int(m.group(1)) if m else -1
 
@@ -281,7 +281,7 @@ def _step_of(directory: Path) -> int:
 def previous_complete(run_dir: Path, before: Path | None = None) -> Path | None:
     """The newest fully verified checkpoint older than ``before`` (any, when None)."""
     for directory in step_checkpoints(run_dir):
-        if before is not None and _step_of(directory) >= _step_of(before):
+        if before is not None and step_of(directory) >= step_of(before):
             continue
         try:
             verify_checkpoint(directory)

@@ -84,7 +84,7 @@ def find_resume_checkpoint(run_dir: Path, resume: bool, resume_from: Path | None
 def rewind_run(run_dir: Path, directory: Path, step: int) -> None:
     """Make ``directory`` the run's last checkpoint: drop later checkpoints, log rows and temporary files."""
     for later in ckpt.step_checkpoints(run_dir):
-        if later != directory and ckpt._step_of(later) > step:
+        if later != directory and ckpt.step_of(later) > step:
             for pointer in ckpt.POINTERS:
                 if ckpt.resolve_pointer(run_dir, pointer) == later:
                     (run_dir / f"{pointer}.json").unlink()
