@@ -64,7 +64,7 @@ def _pointer_step(run: Path, name: str) -> int:
         target = ckpt.resolve_pointer(run, name)
     except ckpt.CheckpointError:  # caught mid-write by a poll; the invariant check reads it again
         return -1
-    return ckpt._step_of(target) if target is not None else 0
+    return ckpt.step_of(target) if target is not None else 0
 
 
 def _tmp_leftovers(run: Path) -> list[Path]:
@@ -84,7 +84,7 @@ def _wait(proc: subprocess.Popen, ready, timeout: float, poll: float = POLL_S) -
 
 
 def _newest_step(run: Path) -> int:
-    return max((ckpt._step_of(p) for p in ckpt.step_checkpoints(run)), default=0)
+    return max((ckpt.step_of(p) for p in ckpt.step_checkpoints(run)), default=0)
 
 
 def _wait_for_moment(
@@ -134,7 +134,7 @@ def _check_pointers(run: Path) -> dict[str, int]:
         if target is None:
             continue
         record = ckpt.verify_checkpoint(target)
-        assert record["step"] == ckpt._step_of(target), (
+        assert record["step"] == ckpt.step_of(target), (
             f"{name}.json -> {target}: record of step {record['step']}"
         )
         model, loaded, _ = load_trained(target)
@@ -220,7 +220,7 @@ def test_sigkill_at_random_moments_keeps_pointers_valid_and_resume_exact(tmp_pat
     assert _tmp_leftovers(run) == []
     steps = _check_pointers(run)
     assert steps["last"] == reference.steps
-    assert steps.get("best") == ckpt._step_of(reference.best_checkpoint), (
+    assert steps.get("best") == ckpt.step_of(reference.best_checkpoint), (
         f"best.json names step {steps.get('best')}, the uninterrupted run's names {reference.best_checkpoint}"
     )
 
