@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -92,11 +93,6 @@ def train(
     typer.echo(f"done: {result.steps} steps, {best}; run in {result.run_dir}")
 
 
-SPLITS = ("train", "val", "test", "all")
-PROMPT_MODES = ("box", "point", "box+point", "auto")
-EMPTY_SCORES = ("one", "nan")
-
-
 def _choice(option: str, value: str | None, valid: tuple[str, ...]) -> None:
     if value is not None and value not in valid:
         _fail(f"{option} {value!r} is not one of: {', '.join(valid)}")
@@ -122,14 +118,17 @@ def evaluate(
     """Score a checkpoint: per-image CSV, summary JSON, table and overlays."""
     from dataclasses import replace
 
+    from medpeft.config import EvalConfig
+    from medpeft.data.splits import SPLITS
     from medpeft.engine.build import build_dataset, build_splits
     from medpeft.engine.evaluate import evaluate as run_eval
     from medpeft.engine.evaluate import format_table
     from medpeft.engine.restore import load_trained
+    from medpeft.models.prompts import PROMPT_MODES
 
-    _choice("--split", split, SPLITS)
+    _choice("--split", split, (*SPLITS, "all"))
     _choice("--prompt", prompt, PROMPT_MODES)
-    _choice("--empty-score", empty_score, EMPTY_SCORES)
+    _choice("--empty-score", empty_score, typing.get_args(EvalConfig.model_fields["empty_score"].annotation))
     split = split or ("all" if data else "test")
     with _one_line_errors():
         model, record, cfg = load_trained(checkpoint)
