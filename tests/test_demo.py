@@ -31,3 +31,21 @@ def test_demo_adapts_the_bundled_foundation(tmp_path: Path) -> None:
     }
     report = (tmp_path / "demo" / "report.html").read_text()
     assert "sam-mini-med (bundled foundation)" in report and "Dice before" in report
+
+
+def test_demo_on_an_unreachable_hub_base_is_one_line_and_no_fallback(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from medpeft.cli import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        app, ["demo", "--output", str(out), "--data", str(DEMO_DATA), "--base", "facebook/sam-vit-base"]
+    )
+    assert (
+        result.exit_code == 2
+        and "facebook/sam-vit-base" in result.output
+        and "Traceback" not in result.output
+    )
+    assert not out.exists()  # no silent fallback to a random-init model, nothing half-made
