@@ -167,12 +167,9 @@ def evaluate(
 
 def _run_dir_of(path: Path) -> Path | None:
     """The run folder a checkpoint (or run) path belongs to, if medpeft made it."""
-    from medpeft.engine.checkpoint import RUN_MARKER
+    from medpeft.engine.rundir import is_medpeft_run
 
-    for folder in (path, path.parent.parent):
-        if (folder / RUN_MARKER).is_file():
-            return folder
-    return None
+    return next((folder for folder in (path, path.parent.parent) if is_medpeft_run(folder)), None)
 
 
 @app.command()

@@ -46,17 +46,17 @@ def run_demo(
     print(
         f"[medpeft] demo base: {identity['source']} ({identity['kind']}); zero-shot on {len(dataset)} test slices"
     )
-    staging = Path(tempfile.mkdtemp(prefix="medpeft-demo-"))
     summary: dict[str, Any] = {"base_model": identity["source"], "base_kind": identity["kind"]}
-    for mode in MODES:
-        s = evaluate(base_model, dataset, mode, staging / f"zero-shot-{mode}", spacing=cfg.data.spacing)
-        print(format_table(s))
-        summary[f"zero_shot_dice_{mode}"] = s["mean"]["dice"]
-    del base_model
-    result = train(cfg, overwrite=overwrite)
-    for folder in staging.iterdir():
-        shutil.move(str(folder), output / folder.name)
-    shutil.rmtree(staging, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="medpeft-demo-") as tmp:  # the run folder does not exist yet
+        staging = Path(tmp)
+        for mode in MODES:
+            s = evaluate(base_model, dataset, mode, staging / f"zero-shot-{mode}", spacing=cfg.data.spacing)
+            print(format_table(s))
+            summary[f"zero_shot_dice_{mode}"] = s["mean"]["dice"]
+        del base_model
+        result = train(cfg, overwrite=overwrite)
+        for folder in staging.iterdir():
+            shutil.move(str(folder), output / folder.name)
     model, record, cfg = load_trained(result.run_dir)
     summary.update(train_steps=result.steps, best_val_dice=result.best_dice)
     for mode in MODES:
