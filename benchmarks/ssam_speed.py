@@ -108,7 +108,7 @@ class Stepper:
     def __init__(self, model: nn.Module, args: argparse.Namespace, mode: str | None = None) -> None:
         from medpeft.config import parse_config
         from medpeft.engine.build import build_optimizer
-        from medpeft.engine.losses import SegmentationLoss
+        from medpeft.tasks.segmentation_loss import SegmentationLoss
 
         self.cfg = parse_config(_config_dict(args, []))
         self.model, self.mode = model.train(), mode

@@ -47,9 +47,9 @@ def measure(method: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from medpeft.config import parse_config
     from medpeft.engine.build import build_model, build_optimizer
-    from medpeft.engine.losses import SegmentationLoss
     from medpeft.engine.report import trainable_share
     from medpeft.models.prompts import Prompts
+    from medpeft.tasks.segmentation_loss import SegmentationLoss
 
     if args.threads:
         torch.set_num_threads(args.threads)

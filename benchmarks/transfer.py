@@ -208,7 +208,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     if job["method"] == "unet":
         from safetensors.torch import save_file
 
-        from medpeft.baselines.unet import train_unet
+        from medpeft.backbones.unet import train_unet
 
         res = train_unet(
             build_dataset(cfg, splits.train, splits.label_names, train=True),

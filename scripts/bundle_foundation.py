@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import SamModel
 
+from medpeft.backbones.sam.loading import load_sam
 from medpeft.config import parse_config, parse_recorded_config
 from medpeft.data.collection import read_source
 from medpeft.data.splits import split_records
@@ -30,7 +31,6 @@ from medpeft.engine.build import build_dataset, build_model, build_splits
 from medpeft.engine.evaluate import evaluate
 from medpeft.engine.merge import merge_checkpoint
 from medpeft.engine.restore import load_trained
-from medpeft.models.loading import load_sam
 
 NAME = "sam-mini-med"
 REPO = Path(__file__).resolve().parents[1]

@@ -69,8 +69,8 @@ def _slice_cache(tmp_path_factory):
 
 def train_killed_at_loss_call(cfg, call: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run ``train(cfg)`` and kill it (KeyboardInterrupt) inside its ``call``-th loss evaluation."""
-    from medpeft.engine.losses import SegmentationLoss
     from medpeft.engine.trainer import train
+    from medpeft.tasks.segmentation_loss import SegmentationLoss
 
     calls = {"n": 0}
     original = SegmentationLoss.forward

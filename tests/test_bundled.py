@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from medpeft.models import bundled
-from medpeft.models.loading import load_sam
+from medpeft.backbones.sam import bundled
+from medpeft.backbones.sam.loading import load_sam
 
 SHIPPED = Path(bundled.__file__).resolve().parents[1] / "weights"
 

@@ -12,7 +12,7 @@ from medpeft.config import ConfigError, SourceConfig, parse_config
 from medpeft.data.collection import read_collection, read_source
 from medpeft.data.dataset import SegmentationDataset
 from medpeft.data.readers import DataError, load_masks
-from medpeft.engine.losses import SegmentationLoss
+from medpeft.tasks.segmentation_loss import SegmentationLoss
 
 
 def _volume(folder, name="vol", shape=(40, 40, 6), seed=0):
@@ -170,9 +170,9 @@ def test_loss_ignores_classes_an_image_is_not_annotated_for():
 
 
 def test_foundation_style_training_on_a_collection_gives_a_loadable_base(tmp_path):
+    from medpeft.backbones.sam.loading import load_sam
     from medpeft.engine.merge import merge_checkpoint
     from medpeft.engine.trainer import train
-    from medpeft.models.loading import load_sam
 
     shapes = make_shapes_dataset(tmp_path / "shapes", n=12, big=True)
     vol = _volume(tmp_path / "v", shape=(64, 64, 12))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from medpeft.backbones.sam import bundled
 from medpeft.engine.demo import run_demo
-from medpeft.models import bundled
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data" / "totalseg_ct"
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from medpeft.config import LossConfig
-from medpeft.engine.losses import SegmentationLoss, focal_loss, soft_dice_loss
 from medpeft.engine.schedule import lr_factor
+from medpeft.tasks.segmentation_loss import SegmentationLoss, focal_loss, soft_dice_loss
 
 
 def test_soft_dice_hand_value() -> None:

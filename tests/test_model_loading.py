@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from transformers import SamModel
 
-from medpeft.models import loading
-from medpeft.models.convert import convert_segment_anything_state_dict, original_sam_config
-from medpeft.models.loading import BaseModelUnavailable, build_sam, load_sam, weights_sha256
-from medpeft.models.presets import PRESET_NAMES, preset_config
-from medpeft.models.resize import port_state_dict, resize_pos_embed
+from medpeft.backbones import hub
+from medpeft.backbones.hub import BaseModelUnavailable, weights_sha256
+from medpeft.backbones.sam.convert import convert_segment_anything_state_dict, original_sam_config
+from medpeft.backbones.sam.loading import build_sam, load_sam
+from medpeft.backbones.sam.presets import PRESET_NAMES, preset_config
+from medpeft.backbones.sam.resize import port_state_dict, resize_pos_embed
 
 
 def _original_tiny_spec(grid: int = 64) -> list[tuple[str, tuple[int, ...]]]:
@@ -314,7 +315,7 @@ def test_unreachable_hub_id_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
         load_sam("medpeft-tests/no-such-sam")
     assert "\n" not in str(err.value) and isinstance(err.value, RuntimeError)
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(BaseModelUnavailable, match="offline"):
         load_sam("medpeft-tests/no-such-sam")
     assert time.monotonic() - start < 10

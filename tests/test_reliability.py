@@ -23,8 +23,8 @@ from conftest import make_shapes_dataset, tiny_config_dict, train_killed_at_loss
 from medpeft.cli import app
 from medpeft.config import parse_config
 from medpeft.engine import checkpoint as ckpt
-from medpeft.engine.losses import SegmentationLoss
 from medpeft.engine.trainer import NonFiniteLoss, train
+from medpeft.tasks.segmentation_loss import SegmentationLoss
 
 runner = CliRunner()
 
@@ -262,7 +262,7 @@ def test_05_a_record_without_hashes_is_an_error(run_copy: Path) -> None:
 
 
 def test_06_resume_refuses_a_replaced_base(shapes_dataset: Path, tmp_path: Path, monkeypatch) -> None:
-    from medpeft.models.loading import load_sam
+    from medpeft.backbones.sam.loading import load_sam
 
     base = tmp_path / "base"
     torch.manual_seed(0)

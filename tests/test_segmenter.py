@@ -8,11 +8,11 @@ import torch.nn.functional as F
 
 from medpeft.adapters.lora import VectorLoraConfig, vector_ranks
 from medpeft.adapters.qv_lora import QVLoraLinear
+from medpeft.backbones.sam.loading import load_sam
+from medpeft.backbones.sam.segmenter import SamSegmenter
 from medpeft.config import parse_config
 from medpeft.engine.build import apply_methods, merge_methods
-from medpeft.models.loading import load_sam
 from medpeft.models.prompts import Prompts
-from medpeft.models.segmenter import SamSegmenter
 from medpeft.models.text import LearnedClassPrompt
 
 

@@ -16,6 +16,8 @@ from transformers import SamModel
 from clip_fixtures import save_tiny_clip
 from conftest import make_shapes_dataset, tiny_config_dict
 from medpeft.adapters.svd import _SVDLayer, svd_layers, svd_penalty, svd_regularizer
+from medpeft.backbones.sam.loading import load_sam
+from medpeft.backbones.sam.segmenter import SamSegmenter
 from medpeft.config import Config, load_config, parse_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine import trainer as trainer_module
@@ -24,9 +26,7 @@ from medpeft.engine.merge import HEAD_FILE, merge_checkpoint
 from medpeft.engine.report import parameter_counts, parameter_report, trainable_share
 from medpeft.engine.restore import load_trained
 from medpeft.engine.trainer import TrainResult, train
-from medpeft.models.loading import load_sam
 from medpeft.models.prompts import Prompts
-from medpeft.models.segmenter import SamSegmenter
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ABLATION = CONFIGS / "ssam_ablation"

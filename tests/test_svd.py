@@ -26,6 +26,7 @@ from medpeft.adapters.svd import (
     svd_penalty,
     svd_regularizer,
 )
+from medpeft.backbones.sam.segmenter import SAM_TARGETS
 from medpeft.engine.report import trainable_share
 
 ATOL = 1e-5
@@ -53,7 +54,9 @@ def _tiny_sam(use_abs_pos: bool = True) -> SamModel:
 
 
 class Segmenter(nn.Module):
-    """The engine hands methods a module that contains the SamModel somewhere."""
+    """The engine hands methods a module that contains the SamModel somewhere, with SAM's target table."""
+
+    target_table = SAM_TARGETS
 
     def __init__(self, sam: SamModel) -> None:
         super().__init__()
@@ -339,7 +342,7 @@ def test_bias_after_svd_trains_wrapped_biases(model: Segmenter) -> None:
 def test_pos_embed(model: Segmenter) -> None:
     apply_pos_embed(model, PosEmbedConfig())
     assert _trainable(model) == {"sam.vision_encoder.pos_embed"}
-    with pytest.raises(ValueError, match="no vision_encoder.pos_embed"):
+    with pytest.raises(ValueError, match="has no position embedding"):
         apply_pos_embed(Segmenter(_tiny_sam(use_abs_pos=False)), PosEmbedConfig())
     with pytest.raises(ValidationError):
         PosEmbedConfig(scope="all")

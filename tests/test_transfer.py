@@ -105,10 +105,10 @@ def test_shots_split_keeps_val_and_test_fixed(report, tmp_path):
 
 
 def test_unet_baseline_learns(tmp_path):
-    from medpeft.baselines.unet import train_unet
+    from medpeft.backbones.unet import train_unet
     from medpeft.data.dataset import SegmentationDataset
     from medpeft.data.readers import read_dataset
-    from medpeft.engine.validate import validate
+    from medpeft.tasks.segmentation_eval import validate
 
     torch.set_num_threads(1)
     root = make_shapes_dataset(tmp_path / "shapes", n=16, size=64, big=True)

@@ -38,12 +38,12 @@ def _one_line_errors() -> Iterator[None]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from medpeft.backbones.hub import BaseModelUnavailable
+    from medpeft.backbones.sam.bundled import BundledWeightsError
     from medpeft.config import ConfigError
     from medpeft.data.readers import DataError
     from medpeft.engine.checkpoint import CheckpointError
     from medpeft.engine.trainer import NonFiniteLoss, RunDirExists
-    from medpeft.models.bundled import BundledWeightsError
-    from medpeft.models.loading import BaseModelUnavailable
 
     return (
         BundledWeightsError,

@@ -22,20 +22,36 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    """Base model and prompt set-up."""
+    """Base model and prompt set-up.
+
+    ``backbone``: the model family (``sam``, ``sam2``, ``depth_anything``); by default the family that
+    claims ``base`` (its presets, hub ids and saved configs). ``image_size``: by default the backbone's
+    (256 for SAM and SAM2, 518 for Depth Anything); checked against the backbone's size rule.
+    """
 
     base: str = "sam-tiny"  # preset name, hub id, local HF directory or original .pth
-    image_size: int = 256
+    backbone: str | None = None
+    image_size: int | None = None
     class_prompt: Literal["learned", "text", "none"] = "learned"
     text_encoder: str | None = None  # CLIP hub id or local dir, for class_prompt: text
     text_template: str = "{}"
 
-    @field_validator("image_size")
-    @classmethod
-    def _multiple_of_16(cls, v: int) -> int:
-        if v <= 0 or v % 16:
-            raise ValueError(f"model.image_size must be a positive multiple of 16, got {v}")
-        return v
+    @model_validator(mode="after")
+    def _backbone_and_size(self) -> ModelConfig:
+        from medpeft.backbones import backbone_for
+
+        try:
+            backbone = backbone_for(self.base, self.backbone)
+        except KeyError as e:
+            raise ValueError(f"model.backbone: {e.args[0]}") from None
+        size = backbone.default_image_size if self.image_size is None else self.image_size
+        try:
+            backbone.check_size(size)
+        except ValueError as e:
+            raise ValueError(f"model.image_size: {e}") from None
+        # resolved in place (an assignment would re-run this validator)
+        self.__dict__.update(backbone=backbone.name, image_size=size)
+        return self
 
 
 class AugmentConfig(_Strict):
@@ -156,7 +172,8 @@ class LossConfig(_Strict):
 
 class OptimizerConfig(_Strict):
     """``adamw`` over all trainable tensors, or ``galore_adamw``: GaLore low-rank gradient projection
-    (projector ``svd``, ``srft`` or ``gaussian``) on the matrices whose names match ``targets``,
+    (projector ``svd``, ``srft`` or ``gaussian``) on the matrices ``targets`` names (symbolic names the
+    backbone maps, default its attention projections, or regexes searched in parameter names),
     plain AdamW on everything else that trains."""
 
     name: Literal["adamw", "galore_adamw"] = "adamw"
@@ -168,9 +185,7 @@ class OptimizerConfig(_Strict):
     scale: float = Field(0.25, gt=0)
     proj_side: Literal["auto", "left", "right"] = "auto"
     power_iters: int = Field(0, ge=0)
-    targets: list[str] = Field(
-        default_factory=lambda: [r"vision_encoder\.layers\.\d+\.attn\.(qkv|proj)(\.base_layer)?\.weight$"]
-    )
+    targets: list[str] = Field(default_factory=lambda: ["attn"])  # symbolic names or regexes (re.search)
 
 
 class TrainConfig(_Strict):
@@ -198,6 +213,25 @@ class TrainConfig(_Strict):
     cpu: bool = False  # force CPU even when a GPU is present
 
 
+class DepthConfig(_Strict):
+    """The depth task: how depth files are stored and which loss trains.
+
+    ``scale``: units per stored value (16-bit PNGs in millimetres: 0.001 gives metres). ``loss``:
+    ``auto`` is the scale-and-shift-invariant loss on disparity for relative models and SILog on depth
+    for metric ones. ``align`` (evaluation): ``auto`` is ``scale_shift`` for relative models (least-squares
+    scale and shift of the disparity, as MiDaS and Depth Anything evaluate affine-invariant output) and
+    ``none`` for metric ones; ``median`` inverts the disparity and median-scales the depth (Monodepth2).
+    ``min_depth``/``max_depth``: the evaluation range (None: the whole range).
+    """
+
+    scale: float = Field(0.001, gt=0)
+    loss: Literal["auto", "ssi", "silog"] = "auto"
+    align: Literal["auto", "scale_shift", "median", "none"] = "auto"
+    silog_lambda: float = Field(0.5, ge=0, le=1)  # Depth Anything V2 metric training uses 0.5
+    min_depth: float = Field(1e-3, gt=0)
+    max_depth: float | None = Field(None, gt=0)
+
+
 class EvalConfig(_Strict):
     """Evaluation settings."""
 
@@ -209,6 +243,7 @@ class EvalConfig(_Strict):
 class Config(_Strict):
     """A whole run."""
 
+    task: Literal["segmentation", "depth"] | None = None  # default: the backbone's task
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
@@ -219,10 +254,19 @@ class Config(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    depth: DepthConfig = Field(default_factory=DepthConfig)
 
     @model_validator(mode="after")
     def _check_adapters(self) -> Config:
+        from medpeft.backbones import get_backbone
+
         method_configs(self.adapters)
+        native = get_backbone(str(self.model.backbone)).task
+        if self.task is not None and self.task != native:
+            raise ValueError(
+                f"task: {self.task!r} does not fit backbone {self.model.backbone!r} (a {native} model)"
+            )
+        self.__dict__["task"] = native
         return self
 
 

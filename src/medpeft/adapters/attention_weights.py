@@ -3,31 +3,25 @@ with GaLore projecting their gradients."""
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from torch import nn
 
 from medpeft.adapters.registry import MethodConfig, register_method
+from medpeft.adapters.targets import modules_matching
 
-_LAYERS = {"qkv": "qkv", "proj": "proj", "attn": "(qkv|proj)"}
+_TARGET = {"qkv": "qkv", "proj": "attn_out", "attn": "attn"}
 
 
 class AttentionWeightsConfig(MethodConfig):
-    """Which attention matrices train: ``qkv``, ``proj`` or both (``attn``)."""
+    """Which attention matrices train: the input projections (``qkv``), the output (``proj``) or both."""
 
     layers: Literal["qkv", "proj", "attn"] = "attn"
 
 
 @register_method("attention_weights", AttentionWeightsConfig)
 def apply_attention_weights(model: nn.Module, cfg: AttentionWeightsConfig) -> nn.Module:
-    """Unfreeze ``vision_encoder.layers.N.attn.{qkv,proj}.weight``; their biases stay frozen."""
-    pattern = re.compile(rf"(^|\.)vision_encoder\.layers\.\d+\.attn\.{_LAYERS[cfg.layers]}\.weight$")
-    hits = [p for n, p in model.named_parameters() if pattern.search(n)]
-    if not hits:
-        raise ValueError(
-            f"attention_weights: the model has no vision_encoder.layers.N.attn.{cfg.layers} weight to train"
-        )
-    for p in hits:
-        p.requires_grad_(True)
+    """Unfreeze the weights of the backbone's attention projections; their biases stay frozen."""
+    for name in modules_matching(model, _TARGET[cfg.layers], "attention_weights", nn.Linear):
+        model.get_submodule(name).weight.requires_grad_(True)
     return model

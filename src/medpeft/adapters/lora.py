@@ -13,21 +13,15 @@ from torch import nn
 
 from medpeft.adapters.qv_lora import QVLoraLinear, apply_qv_lora
 from medpeft.adapters.registry import MethodConfig, register_method
-
-# Regexes (peft full-match semantics) for SAM's image-encoder linear layers.
-TARGET_PRESETS: dict[str, str] = {
-    "qkv": r".*vision_encoder\.layers\.\d+\.attn\.qkv",
-    "attn": r".*vision_encoder\.layers\.\d+\.attn\.(qkv|proj)",
-    "mlp": r".*vision_encoder\.layers\.\d+\.mlp\.(lin1|lin2)",
-    "all": r".*vision_encoder\.layers\.\d+\.(attn\.(qkv|proj)|mlp\.(lin1|lin2))",
-}
+from medpeft.adapters.targets import block_index, has_target, modules_matching, num_blocks, replace_module
 
 
 class LoraMethodConfig(MethodConfig):
     """LoRA on the frozen image encoder.
 
-    ``targets``: a preset name (qkv, attn, mlp, all) or a regex fully matching module names.
-    ``qv``: adapt only query and value of the fused qkv projection, as SAMed does.
+    ``targets``: a symbolic name the backbone maps (qkv, attn, mlp, all, ...) or a regex fully matching
+    module names. ``qv``: adapt only query and value, as SAMed does: slices of a fused qkv projection
+    (SAM, SAM2) or the separate q and v projections (Depth Anything's DINOv2).
     """
 
     r: int = Field(4, ge=1)
@@ -61,15 +55,8 @@ class VectorLoraConfig(MethodConfig):
         return self
 
 
-def _target_regex(targets: str) -> str:
-    return TARGET_PRESETS.get(targets, targets)
-
-
-def _matching_modules(model: nn.Module, regex: str) -> list[str]:
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and re.fullmatch(regex, n)]
-    if not names:
-        raise ValueError(f"LoRA targets {regex!r} match no linear layer of the model")
-    return names
+def _linear_names(model: nn.Module, targets: str, method: str) -> list[str]:
+    return modules_matching(model, targets, method, nn.Linear)
 
 
 def _inject(model: nn.Module, config: LoraConfig) -> nn.Module:
@@ -85,12 +72,14 @@ def _inject(model: nn.Module, config: LoraConfig) -> nn.Module:
 @register_method("lora", LoraMethodConfig, merge=lambda m: merge_lora(m))
 def apply_lora(model: nn.Module, cfg: LoraMethodConfig) -> nn.Module:
     """Inject LoRA adapters into the targeted layers."""
-    regex = _target_regex(cfg.targets)
-    names = _matching_modules(model, regex)
     alpha = cfg.alpha if cfg.alpha is not None else cfg.r
-    if cfg.qv:
-        return apply_qv_lora(model, names, cfg.r, alpha, cfg.dropout)
-    config = LoraConfig(r=cfg.r, lora_alpha=alpha, lora_dropout=cfg.dropout, target_modules=regex)
+    if cfg.qv and has_target(model, "q") and cfg.targets == "qkv":  # separate q and v projections
+        names = _linear_names(model, "q", "lora") + _linear_names(model, "v", "lora")
+    else:
+        names = _linear_names(model, cfg.targets, "lora")
+        if cfg.qv:
+            return apply_qv_lora(model, names, cfg.r, alpha, cfg.dropout)
+    config = LoraConfig(r=cfg.r, lora_alpha=alpha, lora_dropout=cfg.dropout, target_modules=names)
     return _inject(model, config)
 
 
@@ -115,26 +104,17 @@ def vector_ranks(num_blocks: int, cfg: VectorLoraConfig) -> list[int]:
     return ranks
 
 
-_BLOCK = re.compile(r"vision_encoder\.layers\.(\d+)\.")
-
-
 @register_method("vector_lora", VectorLoraConfig, merge=lambda m: merge_lora(m))
 def apply_vector_lora(model: nn.Module, cfg: VectorLoraConfig) -> nn.Module:
     """LoRA with a per-block rank schedule, through peft's rank_pattern/alpha_pattern."""
-    regex = _target_regex(cfg.targets)
-    names = _matching_modules(model, regex)
-    blocks = sorted({int(m.group(1)) for n in names if (m := _BLOCK.search(n))})
-    if not blocks:
-        raise ValueError(f"vector_lora targets {regex!r} match no layer inside vision_encoder.layers.N")
-    num_blocks = max(blocks) + 1
-    ranks = vector_ranks(num_blocks, cfg)
+    names = [n for n in _linear_names(model, cfg.targets, "vector_lora") if block_index(model, n) is not None]
+    if not names:
+        raise ValueError(f"vector_lora: targets {cfg.targets!r} match no layer inside an encoder block")
+    ranks = vector_ranks(num_blocks(model), cfg)
     rank_pattern: dict[str, int] = {}
     alpha_pattern: dict[str, float] = {}
     for name in names:
-        m = _BLOCK.search(name)
-        if m is None:
-            continue
-        r = ranks[int(m.group(1))]
+        r = ranks[block_index(model, name)]
         key = re.escape(name)
         rank_pattern[key] = r
         alpha_pattern[key] = cfg.alpha_ratio * r
@@ -142,7 +122,7 @@ def apply_vector_lora(model: nn.Module, cfg: VectorLoraConfig) -> nn.Module:
         r=ranks[0],
         lora_alpha=cfg.alpha_ratio * ranks[0],
         lora_dropout=cfg.dropout,
-        target_modules=regex,
+        target_modules=names,
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
     )
@@ -154,16 +134,10 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for name, module in list(model.named_modules()):
         if isinstance(module, LoraLayer):
             module.merge()
-            _replace(model, name, module.get_base_layer())
+            replace_module(model, name, module.get_base_layer())
         elif isinstance(module, QVLoraLinear):
-            _replace(model, name, module.merged())
+            replace_module(model, name, module.merged())
     return model
-
-
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def lora_numel(model: nn.Module) -> int:

@@ -8,22 +8,24 @@ from typing import Literal
 from torch import nn
 
 from medpeft.adapters.registry import MethodConfig, register_method
+from medpeft.adapters.targets import inside, target_regex
 
-_SCOPES: dict[str, re.Pattern[str]] = {
-    "encoder": re.compile(r"(^|\.)vision_encoder(\.|$)"),
-    "decoder": re.compile(r"(^|\.)mask_decoder(\.|$)"),
-    "all": re.compile(""),
-}
+_SCOPE_TARGET = {"encoder": "encoder", "decoder": "decoder"}
+
+
+def _in_scope(model: nn.Module, scope: str, method: str) -> re.Pattern[str]:
+    """``all``: every name; otherwise the names inside the backbone's encoder or decoder."""
+    return re.compile(".*") if scope == "all" else inside(model, _SCOPE_TARGET[scope], method)
 
 
 class LayerNormConfig(MethodConfig):
-    """``encoder``: the vision encoder's norms (blocks and neck); ``all``: every LayerNorm in the model."""
+    """``encoder``: the image encoder's norms (the backbone's ``encoder_norms``); ``all``: every LayerNorm."""
 
     scope: Literal["encoder", "all"] = "encoder"
 
 
 class BiasConfig(MethodConfig):
-    """``encoder``: vision encoder; ``decoder``: mask decoder; ``all``: every bias in the model."""
+    """``encoder``: image encoder; ``decoder``: the backbone's decoder; ``all``: every bias in the model."""
 
     scope: Literal["encoder", "decoder", "all"] = "all"
 
@@ -31,9 +33,10 @@ class BiasConfig(MethodConfig):
 @register_method("layernorm", LayerNormConfig)
 def apply_layernorm(model: nn.Module, cfg: LayerNormConfig) -> nn.Module:
     """Unfreeze weight and bias of every ``nn.LayerNorm`` (SAM's ``SamLayerNorm`` subclasses it) in scope."""
-    scope, found = _SCOPES[cfg.scope], 0
+    scope = re.compile(".*") if cfg.scope == "all" else target_regex(model, "encoder_norms", "layernorm")
+    found = 0
     for name, module in model.named_modules():
-        if isinstance(module, nn.LayerNorm) and scope.search(name):
+        if isinstance(module, nn.LayerNorm) and scope.fullmatch(name):
             for param in (module.weight, module.bias):
                 if param is not None:
                     param.requires_grad_(True)
@@ -46,9 +49,9 @@ def apply_layernorm(model: nn.Module, cfg: LayerNormConfig) -> nn.Module:
 @register_method("bias", BiasConfig)
 def apply_bias(model: nn.Module, cfg: BiasConfig) -> nn.Module:
     """BitFit: unfreeze every parameter named ``bias`` (linear, conv and norm biases) in scope."""
-    scope, found = _SCOPES[cfg.scope], 0
+    scope, found = _in_scope(model, cfg.scope, "bias"), 0
     for name, param in model.named_parameters():
-        if name.rpartition(".")[2] == "bias" and scope.search(name):
+        if name.rpartition(".")[2] == "bias" and scope.fullmatch(name):
             param.requires_grad_(True)
             found += 1
     if not found:

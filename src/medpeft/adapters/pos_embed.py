@@ -1,17 +1,15 @@
-"""Unfreeze the image encoder's absolute position embedding.
+"""Unfreeze the image encoder's absolute position embedding (the backbone's ``pos_embed`` target).
 
-The loader already average-pools SAM's 64x64 ``pos_embed`` to the input grid, so this only trains it.
+SAM's loader average-pools the 64x64 table to the input grid; SAM2 and DINOv2 interpolate theirs in
+the forward pass; so this only trains it.
 """
 
 from __future__ import annotations
 
-import re
-
 from torch import nn
 
 from medpeft.adapters.registry import MethodConfig, register_method
-
-_POS_EMBED = re.compile(r"(^|\.)vision_encoder\.pos_embed$")
+from medpeft.adapters.targets import parameters_matching
 
 
 class PosEmbedConfig(MethodConfig):
@@ -20,11 +18,11 @@ class PosEmbedConfig(MethodConfig):
 
 @register_method("pos_embed", PosEmbedConfig)
 def apply_pos_embed(model: nn.Module, cfg: PosEmbedConfig) -> nn.Module:
-    """Set ``requires_grad`` on ``vision_encoder.pos_embed``; error if the model has none."""
-    params = [p for name, p in model.named_parameters() if _POS_EMBED.search(name)]
+    """Set ``requires_grad`` on the position-embedding parameters; error if the model has none."""
+    params = [p for _, p in parameters_matching(model, "pos_embed", "pos_embed")]
     if not params:
         raise ValueError(
-            "pos_embed: the model has no vision_encoder.pos_embed (a SAM vision encoder built with use_abs_pos=False?)"
+            "pos_embed: the model has no position embedding (a SAM vision encoder built with use_abs_pos=False?)"
         )
     for param in params:
         param.requires_grad_(True)

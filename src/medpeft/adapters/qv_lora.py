@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medpeft.adapters.targets import replace_module
+
 
 class QVLoraLinear(nn.Module):
     """A frozen fused qkv ``nn.Linear`` plus low-rank updates on its q and v output slices."""
@@ -59,12 +61,10 @@ class QVLoraLinear(nn.Module):
 def apply_qv_lora(model: nn.Module, names: list[str], r: int, alpha: float, dropout: float) -> nn.Module:
     """Wrap each named fused qkv layer in :class:`QVLoraLinear`."""
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        base = getattr(parent, child)
+        base = model.get_submodule(name)
         base.requires_grad_(False)
         wrapped = QVLoraLinear(base, r, alpha, dropout).to(base.weight.device, base.weight.dtype)
         for n, p in wrapped.named_parameters():
             p.requires_grad_(n.startswith("lora_"))
-        setattr(parent, child, wrapped)
+        replace_module(model, name, wrapped)
     return model

@@ -1,6 +1,7 @@
 """Registry of adaptation methods: config name -> (config model, apply, merge).
 
-Each method lives in its own module and registers itself with :func:`register_method`.
+Each method lives in its own module and registers itself with :func:`register_method`; targets are
+symbolic names the model's backbone maps (:mod:`medpeft.adapters.targets`) or regexes.
 `apply(model, cfg)` modifies the model in place (wrapping layers, unfreezing tensors) and returns it;
 `merge(model)` folds weight changes back into plain layers where the method changes weights.
 The engine freezes the whole model before applying the configured methods in order, so a method
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
+from torch import Tensor, nn
 
 
 class MethodConfig(BaseModel):
@@ -35,6 +36,8 @@ class AdapterMethod:
     config_cls: type[MethodConfig]
     apply: Callable[[nn.Module, MethodConfig], nn.Module]
     merge: Callable[[nn.Module], nn.Module] | None = None
+    penalty: Callable[[nn.Module], Tensor] | None = None
+    penalty_name: str | None = None
 
 
 _METHODS: dict[str, AdapterMethod] = {}
@@ -44,17 +47,25 @@ def register_method(
     name: str,
     config_cls: type[MethodConfig],
     merge: Callable[[nn.Module], nn.Module] | None = None,
+    penalty: Callable[[nn.Module], Tensor] | None = None,
+    penalty_name: str | None = None,
 ) -> Callable[
     [Callable[[nn.Module, MethodConfig], nn.Module]], Callable[[nn.Module, MethodConfig], nn.Module]
 ]:
-    """Decorator registering ``apply`` under ``name``."""
+    """Decorator registering ``apply`` under ``name``.
+
+    ``penalty(model)``: a loss term the method adds (S-SAM's regulariser), logged as ``penalty_name``;
+    the training loop adds every configured method's term without importing the method's module.
+    """
 
     def wrap(
         apply: Callable[[nn.Module, MethodConfig], nn.Module],
     ) -> Callable[[nn.Module, MethodConfig], nn.Module]:
         if name in _METHODS:
             raise ValueError(f"adaptation method {name!r} is registered twice")
-        _METHODS[name] = AdapterMethod(name, config_cls, apply, merge)
+        _METHODS[name] = AdapterMethod(
+            name, config_cls, apply, merge, penalty, penalty_name or f"{name}_penalty"
+        )
         return apply
 
     return wrap

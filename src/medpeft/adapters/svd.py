@@ -23,19 +23,20 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from medpeft.adapters.registry import MethodConfig, register_method
+from medpeft.adapters.targets import SYMBOLIC, name_matcher, replace_module
 
 Mode = Literal["auto", "factorised", "rebuild"]
 _MODES: tuple[str, ...] = ("auto", "factorised", "rebuild")
 
-_BLOCK = r"(^|\.)vision_encoder\.layers\.\d+\."
-DEFAULT_TARGETS: tuple[str, ...] = tuple(
-    _BLOCK + p + "$" for p in (r"attn\.qkv", r"attn\.proj", r"mlp\.lin1", r"mlp\.lin2")
-)
-NECK_TARGET = r"(^|\.)vision_encoder\.neck\.conv\d+$"
+DEFAULT_TARGETS: tuple[str, ...] = ("all",)
 
 
 class SVDConfig(MethodConfig):
-    """Which matrices get singular-value tuning, what is trained and how the forward runs."""
+    """Which matrices get singular-value tuning, what is trained and how the forward runs.
+
+    ``targets``: symbolic names the backbone maps (default ``all``: every encoder attention and MLP
+    matrix) or regexes searched in module names; ``include_neck`` adds the backbone's ``neck`` convs.
+    """
 
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
     include_neck: bool = False
@@ -48,6 +49,8 @@ class SVDConfig(MethodConfig):
     @classmethod
     def _compile(cls, targets: list[str]) -> list[str]:
         for pattern in targets:
+            if pattern in SYMBOLIC:
+                continue
             try:
                 re.compile(pattern)
             except re.error as err:
@@ -255,28 +258,27 @@ def _zero(model: nn.Module) -> Tensor:
     return torch.zeros((), device=param.device if param is not None else None)
 
 
-def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent), child, new)
-
-
 @torch.no_grad()
 def merge_svd(model: nn.Module) -> nn.Module:
     """Replace every SVD layer by its merged plain ``nn.Linear`` / ``nn.Conv2d``."""
     for name, module in list(model.named_modules()):
         if isinstance(module, SVDLinear | SVDConv2d):
-            _replace(model, name, module.merge())
+            replace_module(model, name, module.merge())
     return model
 
 
-@register_method("svd", SVDConfig, merge=merge_svd)
+@register_method("svd", SVDConfig, merge=merge_svd, penalty=lambda m: svd_penalty(m), penalty_name="svd_reg")
 def apply_svd(model: nn.Module, cfg: SVDConfig) -> nn.Module:
     """Wrap every ``nn.Linear`` / ``nn.Conv2d`` whose qualified name matches a target regex."""
-    patterns = [re.compile(p) for p in [*cfg.targets, *([NECK_TARGET] if cfg.include_neck else [])]]
+    targets = [*cfg.targets, *(["neck"] if cfg.include_neck else [])]
+    tests = []
+    for target in targets:
+        symbolic = name_matcher(model, target, "svd")
+        tests.append(symbolic.fullmatch if symbolic is not None else re.compile(target).search)
     kwargs = {"train_scale": cfg.train_scale, "train_shift": cfg.train_shift, "mode": cfg.mode}
     wrapped = 0
     for name, module in list(model.named_modules()):
-        if not name or not any(p.search(name) for p in patterns):
+        if not name or not any(t(name) for t in tests):
             continue
         if isinstance(module, nn.Linear):
             layer: _SVDLayer = SVDLinear(module, **kwargs)
@@ -285,8 +287,8 @@ def apply_svd(model: nn.Module, cfg: SVDConfig) -> nn.Module:
         else:
             continue
         layer.reg_weight = cfg.reg_weight
-        _replace(model, name, layer)
+        replace_module(model, name, layer)
         wrapped += 1
     if not wrapped:
-        raise ValueError(f"svd: no nn.Linear/nn.Conv2d matches the targets {[p.pattern for p in patterns]}")
+        raise ValueError(f"svd: no nn.Linear/nn.Conv2d matches the targets {targets}")
     return model

@@ -1,9 +1,7 @@
-"""Assemble a segmenter, its data and its optimizer from a config."""
+"""Assemble a task model (backbone + class prompt + adaptation methods) and its optimizer from a config."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -11,12 +9,23 @@ from torch import nn
 
 from medpeft import __version__
 from medpeft.adapters.registry import get_method
+from medpeft.adapters.targets import weight_pattern
+from medpeft.backbones import get_backbone
+from medpeft.backbones.hub import weights_sha256
 from medpeft.config import Config, ConfigError, method_configs
-from medpeft.data.dataset import SegmentationDataset
-from medpeft.data.readers import ImageRecord, read_dataset
-from medpeft.data.splits import load_split_file, split_records
-from medpeft.models.loading import load_sam, weights_sha256
-from medpeft.models.segmenter import SamSegmenter
+from medpeft.tasks.base import Splits
+from medpeft.tasks.segmentation import build_dataset, build_splits
+
+__all__ = [  # the segmentation task's data builders are re-exported for the CLI and benchmarks
+    "Splits",
+    "apply_methods",
+    "build_dataset",
+    "build_model",
+    "build_optimizer",
+    "build_splits",
+    "make_record",
+    "merge_methods",
+]
 
 
 def build_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn.Module | None:
@@ -36,25 +45,30 @@ def build_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn.Modu
 
 
 def load_base(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
-    """Load the base SAM (never falls back to another model); random-init presets follow the seed."""
+    """Load the configured backbone's base model (never falls back to another); presets follow the seed."""
+    backbone = get_backbone(str(cfg.model.backbone))
     torch.manual_seed(cfg.train.seed)
-    sam, identity = load_sam(cfg.model.base, cfg.model.image_size)
-    return sam, dict(identity, seed=cfg.train.seed)
+    base, identity = backbone.load(cfg.model.base, int(cfg.model.image_size))
+    return base, dict(identity, seed=cfg.train.seed, backbone=backbone.name)
 
 
 def build_model(
     cfg: Config, label_names: list[str], expected: dict[str, Any] | None = None
-) -> tuple[SamSegmenter, dict[str, Any]]:
-    """Base model + class prompt + adaptation methods, with exactly the intended tensors trainable.
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Base model, wrapped for its task (+ class prompt), with the adaptation methods applied and
+    exactly the intended tensors trainable.
 
     ``expected``: the recorded identity of the base an adapter was trained on; its weights hash must match.
     """
-    sam, identity = load_base(cfg)
+    backbone = get_backbone(str(cfg.model.backbone))
+    base, identity = load_base(cfg)
     if expected is not None:
-        check_base_identity(sam, expected)
-    dim = int(sam.config.prompt_encoder_config.hidden_size)
+        check_base_identity(base, expected)
     torch.manual_seed(cfg.train.seed + 1)
-    model = SamSegmenter(sam, label_names, build_class_prompt(cfg, label_names, dim))
+    class_prompt = None
+    if backbone.prompt_dim is not None:
+        class_prompt = build_class_prompt(cfg, label_names, backbone.prompt_dim(base))
+    model = backbone.wrap(base, label_names, class_prompt)
     model.requires_grad_(False)
     if model.class_prompt is not None:
         for p in model.class_prompt.parameters():
@@ -100,6 +114,8 @@ def make_record(
         "medpeft_version": __version__,
         "base_model": identity,
         "methods": [{"name": n, **c.model_dump(mode="json")} for n, c in method_configs(cfg.adapters)],
+        "backbone": cfg.model.backbone,
+        "task": cfg.task,
         "image_size": cfg.model.image_size,
         "label_names": label_names,
         "class_prompt": cfg.model.class_prompt,
@@ -108,7 +124,7 @@ def make_record(
     }
 
 
-def check_base_identity(sam: nn.Module, identity: dict[str, Any]) -> None:
+def check_base_identity(base: nn.Module, identity: dict[str, Any]) -> None:
     """Refuse to apply an adapter to different base weights than it was trained on."""
     expected = identity.get("sha256")
     if not expected:
@@ -116,65 +132,12 @@ def check_base_identity(sam: nn.Module, identity: dict[str, Any]) -> None:
             f"the adapter's record of base model {identity.get('source')!r} has no weights hash; "
             "it cannot be verified against the base"
         )
-    actual = weights_sha256(sam)
+    actual = weights_sha256(base)
     if actual != expected:
         raise ConfigError(
             f"base model {identity.get('source')!r} has weights hash {actual[:12]}..., but the adapter was trained "
             f"on {expected[:12]}...; load the same base weights"
         )
-
-
-@dataclass
-class Splits:
-    """Train/val/test records and the label names they share."""
-
-    train: list[ImageRecord]
-    val: list[ImageRecord]
-    test: list[ImageRecord]
-    label_names: list[str]
-
-
-def build_splits(cfg: Config, root: Path | None = None) -> Splits:
-    """Read the dataset (or the ``data.sources`` collection) and split it deterministically (or by ``data.split_file``)."""
-    root = root or cfg.data.root
-    if root is None and cfg.data.sources:
-        from medpeft.data.collection import read_collection
-
-        parts, labels = read_collection(cfg.data.sources, cfg.data.split, cfg.data.seed)
-        if cfg.data.split_file is not None:
-            parts = load_split_file(cfg.data.split_file, [r for p in parts.values() for r in p])
-        return Splits(parts["train"], parts["val"], parts["test"], labels)
-    if root is None:
-        raise ConfigError(
-            "data.root is not set: point it at a folder dataset or a SAM-Med2D json layout (or list data.sources)"
-        )
-    records, labels = read_dataset(Path(root), format=cfg.data.format, labels=cfg.data.labels)
-    if cfg.data.split_file is not None:
-        parts = load_split_file(cfg.data.split_file, records)
-    else:
-        parts = split_records(records, cfg.data.split, seed=cfg.data.seed)
-    return Splits(parts["train"], parts["val"], parts["test"], labels)
-
-
-def build_dataset(
-    cfg: Config, records: list[ImageRecord], labels: list[str], train: bool
-) -> SegmentationDataset:
-    """A dataset with training (sampled, augmented) or evaluation (deterministic) prompts."""
-    return SegmentationDataset(
-        records,
-        labels,
-        image_size=cfg.model.image_size,
-        resize=cfg.data.resize,
-        normalize=cfg.data.normalize,
-        augment=cfg.data.augment.model_dump() if train else None,
-        prompt_mode="train" if train else "eval",
-        box_jitter=cfg.prompts.box_jitter,
-        n_pos_points=cfg.prompts.n_pos_points,
-        n_neg_points=cfg.prompts.n_neg_points,
-        seed=cfg.train.seed,
-        cache=cfg.data.cache,
-        classes_per_image=cfg.data.classes_per_image,
-    )
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -192,7 +155,7 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
 
         groups = build_galore_param_groups(
             decay,
-            opt.targets,
+            [weight_pattern(model, t, "optimizer.targets") for t in opt.targets],
             rank=opt.rank,
             update_gap=opt.update_gap,
             scale=opt.scale,

@@ -13,12 +13,12 @@ import torch
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
+from medpeft.backbones.sam.segmenter import SamSegmenter
 from medpeft.data.dataset import SegmentationDataset
 from medpeft.data.readers import load_image, load_masks
 from medpeft.data.transforms import undo_resize
-from medpeft.engine.validate import predict_batches
 from medpeft.metrics import assd_per_class, dice_per_class, hd95_per_class, iou_per_class
-from medpeft.models.segmenter import SamSegmenter
+from medpeft.tasks.segmentation_eval import predict_batches
 from medpeft.viz import save_overlay
 
 METRICS = ("dice", "iou", "assd", "hd95")

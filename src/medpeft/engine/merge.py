@@ -67,4 +67,3 @@ def _write_merged(model, record: dict, source: str, diff: float, out: Path) -> N
             indent=2,
         )
     )
-

@@ -17,11 +17,11 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from medpeft.backbones.sam.segmenter import SamSegmenter
 from medpeft.data.readers import IMAGE_EXTENSIONS, DataError, image_size, load_image
 from medpeft.data.transforms import normalize, resize, undo_resize, valid_region
 from medpeft.engine.checkpoint import atomic_write_json
 from medpeft.models.prompts import Prompts
-from medpeft.models.segmenter import SamSegmenter
 from medpeft.viz import save_label_map, save_overlay
 
 # Marker in predictions.json: this folder is a medpeft prediction output.

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medpeft.backbones.sam.segmenter import SamSegmenter
 from medpeft.config import Config, parse_recorded_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_model
-from medpeft.models.segmenter import SamSegmenter
 
 
 def load_trained(path: Path | str, base: str | None = None) -> tuple[SamSegmenter, dict[str, Any], Config]:

@@ -1,10 +1,10 @@
-"""The training loop (accelerate): seeded, resumable, logged, validated, checkpointed atomically."""
+"""The one training loop (accelerate), for every backbone and task: seeded, resumable, logged, validated,
+checkpointed atomically. The task supplies data, loss and validation score; methods supply loss terms."""
 
 from __future__ import annotations
 
 import csv
 import math
-import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -18,19 +18,17 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from medpeft.adapters.svd import svd_penalty
-from medpeft.config import Config, dump_config
+from medpeft.adapters.registry import get_method
+from medpeft.config import Config, dump_config, method_configs
 from medpeft.engine import checkpoint as ckpt
-from medpeft.engine.build import build_dataset, build_model, build_optimizer, build_splits, make_record
+from medpeft.engine.build import build_model, build_optimizer, make_record
 from medpeft.engine.html_report import write_report
-from medpeft.engine.losses import SegmentationLoss
 from medpeft.engine.report import trainable_share
 from medpeft.engine.rundir import RunDirExists, check_replaceable, create_run_dir, data_paths
 from medpeft.engine.schedule import build_scheduler
-from medpeft.engine.validate import validate
-from medpeft.models.prompts import Prompts
+from medpeft.tasks.base import Task, make_task
 
-__all__ = ["NonFiniteLoss", "RunDirExists", "TrainResult", "train"]
+__all__ = ["NonFiniteLoss", "RunDirExists", "TrainResult", "log_fields", "train"]
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -39,16 +37,25 @@ class NonFiniteLoss(FloatingPointError):
 
 @dataclass
 class TrainResult:
-    """What a finished run produced; ``best_dice`` is None when the run had no validation split."""
+    """What a finished run produced; ``best_score`` (the task's ``metric``) is None without a validation split."""
 
     run_dir: Path
     steps: int
-    best_dice: float | None
+    best_score: float | None
+    metric: str = "dice"
     history: list[dict[str, float]] = field(default_factory=list)
     best_checkpoint: Path | None = None
 
+    @property
+    def best_dice(self) -> float | None:
+        """The best validation Dice of a segmentation run."""
+        return self.best_score if self.metric == "dice" else None
 
-LOG_FIELDS = ["step", "epoch", "lr", "loss", "dice", "bce", "focal", "svd_reg", "val_dice", "seconds"]
+
+def log_fields(task: Task, cfg: Config) -> list[str]:
+    """``log.csv`` columns: the task's loss terms, each configured method's penalty, the validation score."""
+    penalties = [m.penalty_name for n, _ in method_configs(cfg.adapters) if (m := get_method(n)).penalty]
+    return ["step", "epoch", "lr", "loss", *task.terms, *penalties, f"val_{task.metric}", "seconds"]
 
 
 def find_resume_checkpoint(run_dir: Path, resume: bool, resume_from: Path | None) -> Path | None:
@@ -101,25 +108,19 @@ def truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows, fields = list(reader), list(reader.fieldnames or [])
     kept = [r for r in rows if r.get("step") and int(float(r["step"])) <= step]
     if len(kept) == len(rows):
         return
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             w.writeheader()
             w.writerows(kept)
 
     ckpt.atomic_write(path, write)
-
-
-def sample_mode(modes: dict[str, float], seed: int, step: int, micro: int) -> str:
-    """Prompt mode for one micro-batch, reproducible from (seed, step, micro)."""
-    rng = random.Random(seed * 1_000_003 + step * 1_009 + micro)
-    names = list(modes)
-    return rng.choices(names, weights=[modes[n] for n in names], k=1)[0]
 
 
 def train(
@@ -145,18 +146,21 @@ def train(
         mixed_precision=cfg.train.mixed_precision,
     )
     set_seed(cfg.train.seed)
-    splits = build_splits(cfg)
+    task = make_task(cfg)
+    splits = task.splits()
     if not splits.train:
         raise ValueError(f"data.root {cfg.data.root}: the training split is empty")
-    train_ds = build_dataset(cfg, splits.train, splits.label_names, train=True)
-    val_ds = build_dataset(cfg, splits.val, splits.label_names, train=False) if splits.val else None
+    train_ds = task.dataset(splits.train, splits.label_names, train=True)
+    val_ds = task.dataset(splits.val, splits.label_names, train=False) if splits.val else None
     model, identity = build_model(
         cfg,
         splits.label_names,
         expected=resume_record["base_model"] if resume_record else None,
     )
     optimizer = build_optimizer(cfg, model)
-    loss_fn = SegmentationLoss(cfg.loss)
+    penalties = [m for n, _ in method_configs(cfg.adapters) if (m := get_method(n)).penalty is not None]
+    fields = log_fields(task, cfg)
+    val_key = f"val_{task.metric}"
 
     batches_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
     steps_per_epoch = max(1, batches_per_epoch // cfg.train.grad_accum)
@@ -198,10 +202,10 @@ def train(
     )
     log_path = run_dir / "log.csv"
 
-    def save(pointers: list[str], epoch_done: int, val_dice: float | None = None) -> Path:
+    def save(pointers: list[str], epoch_done: int, score: float | None = None) -> Path:
         directory = run_dir / "checkpoints" / f"step-{step:06d}"
         unwrapped = accelerator.unwrap_model(model)
-        rec = dict(record, step=step, epoch=epoch_done, val_dice=val_dice)
+        rec = dict(record, step=step, epoch=epoch_done, **{val_key: score})
         ckpt.write_checkpoint(
             directory,
             unwrapped,
@@ -259,14 +263,13 @@ def train(
         for batch in loader:
             if step - epoch * steps_per_epoch >= steps_per_epoch:
                 break
-            mode = sample_mode(cfg.prompts.train_modes, cfg.train.seed, step, micro)
             with accelerator.accumulate(model):
-                logits = model(batch["image"], Prompts.from_batch(batch, mode))
-                loss, terms = loss_fn(logits, batch["masks"], batch.get("class_valid"))
-                penalty = svd_penalty(model)
-                if penalty.requires_grad:
-                    loss = loss + penalty
-                    terms["svd_reg"] = float(penalty.detach())
+                loss, terms = task.loss(model, batch, step, micro)
+                for method in penalties:
+                    penalty = method.penalty(accelerator.unwrap_model(model))
+                    if penalty.requires_grad:
+                        loss = loss + penalty
+                        terms[method.penalty_name] = float(penalty.detach())
                 if not torch.isfinite(loss):
                     raise stop(f"the loss became {loss.item()} (terms {terms})")
                 accelerator.backward(loss)
@@ -295,7 +298,7 @@ def train(
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
             if accelerator.is_main_process and (step % cfg.train.log_every == 0 or step == total_steps):
-                _log(log_path, writer, row)
+                _log(log_path, writer, row, fields)
             ends_epoch = step - epoch * steps_per_epoch >= steps_per_epoch or step >= total_steps
             if (  # the epoch's own checkpoint follows validation: never write one step twice
                 cfg.train.checkpoint_every
@@ -312,18 +315,16 @@ def train(
         epoch += 1
         is_val_epoch = epoch % cfg.train.val_every == 0 or step >= total_steps
         if accelerator.is_main_process:
-            val_dice = None
+            score = None
             if val_ds is not None and is_val_epoch:
-                val_dice = validate(
-                    accelerator.unwrap_model(model), val_ds, cfg.prompts.eval_mode, cfg.train.batch_size
-                )
-                history.append({"step": step, "epoch": epoch, "val_dice": val_dice})
-                _log(log_path, writer, history[-1])
-                bar.write(f"epoch {epoch}: validation Dice {val_dice:.4f} ({cfg.prompts.eval_mode} prompts)")
-            improved = val_dice is not None and math.isfinite(val_dice) and (best is None or val_dice > best)
+                score = task.validate(accelerator.unwrap_model(model), val_ds)
+                history.append({"step": step, "epoch": epoch, val_key: score})
+                _log(log_path, writer, history[-1], fields)
+                bar.write(f"epoch {epoch}: {task.describe(score)}")
+            improved = score is not None and math.isfinite(score) and task.better(score, best)
             if improved:
-                best = val_dice
-            save(["last", "best"] if improved else ["last"], epoch, val_dice)
+                best = score
+            save(["last", "best"] if improved else ["last"], epoch, score)
     bar.close()
     if writer is not None:
         writer.close()
@@ -333,7 +334,7 @@ def train(
         plot_training_curves(history, run_dir / "curves.png")
         if ckpt.pointed_checkpoints(run_dir):
             write_report(run_dir)
-    return TrainResult(run_dir, step, best, history, ckpt.resolve_pointer(run_dir, "best"))
+    return TrainResult(run_dir, step, best, task.metric, history, ckpt.resolve_pointer(run_dir, "best"))
 
 
 def _tensorboard(run_dir: Path, purge_step: int | None = None) -> Any:
@@ -345,10 +346,10 @@ def _tensorboard(run_dir: Path, purge_step: int | None = None) -> Any:
     return SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
 
 
-def _log(path: Path, writer: Any, row: dict[str, float]) -> None:
+def _log(path: Path, writer: Any, row: dict[str, float], fields: list[str]) -> None:
     new = not path.exists()
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerow(row)

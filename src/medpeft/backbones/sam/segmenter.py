@@ -9,6 +9,23 @@ from transformers import SamModel
 
 from medpeft.models.prompts import Prompts
 
+_LAYER = r"vision_encoder\.layers\.\d+\."
+# peft-style target table: symbolic name -> regex (full match, under any prefix) of SamModel names.
+SAM_TARGETS: dict[str, str] = {
+    "qkv": _LAYER + r"attn\.qkv",
+    "attn_out": _LAYER + r"attn\.proj",
+    "attn": _LAYER + r"attn\.(qkv|proj)",
+    "mlp": _LAYER + r"mlp\.(lin1|lin2)",
+    "all": _LAYER + r"(attn\.(qkv|proj)|mlp\.(lin1|lin2))",
+    "blocks": r"vision_encoder\.layers\.(\d+)\..*",
+    "pos_embed": r"vision_encoder\.pos_embed",
+    "encoder_norms": r"vision_encoder\..*",
+    "encoder": r"vision_encoder(\..*)?",
+    "decoder": r"mask_decoder",
+    "prompt_encoder": r"prompt_encoder",
+    "neck": r"vision_encoder\.neck\.conv\d+",
+}
+
 
 class SamSegmenter(nn.Module):
     """Wraps ``transformers.SamModel``; each class is one of SAM's "point batch" entries.
@@ -18,6 +35,8 @@ class SamSegmenter(nn.Module):
     box (``box_valid`` False) gets SAM's "not a point" embedding in place of its corners, so a
     batch mixing present and absent classes keeps one token layout.
     """
+
+    target_table = SAM_TARGETS
 
     def __init__(self, sam: SamModel, label_names: list[str], class_prompt: nn.Module | None = None):
         super().__init__()
@@ -69,15 +88,9 @@ class SamSegmenter(nn.Module):
             return torch.zeros(batch_size, num_classes, 0, dim, device=self.device)
         return torch.cat([t.to(self.dtype) for t in tokens], dim=2)
 
-    def forward(self, images: torch.Tensor, prompts: Prompts | None = None) -> torch.Tensor:
-        """Segment ``images`` [B, 3, S, S]; returns per-class logits [B, C, S, S]."""
-        prompts = prompts or Prompts()
-        batch_size, _, height, width = images.shape
-        embeddings = self.image_embeddings(images)
-        sparse = self.sparse_tokens(prompts, batch_size)
-        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        dense = dense.expand(batch_size, -1, *embeddings.shape[-2:])
-        image_pe = self.sam.get_image_wide_positional_embeddings().repeat(batch_size, 1, 1, 1)
+    def decode(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """The mask decoder, one mask per class: low-resolution logits [B, C, h, w]."""
+        image_pe = self.sam.get_image_wide_positional_embeddings().repeat(embeddings.shape[0], 1, 1, 1)
         low_res, _ = self.sam.mask_decoder(
             image_embeddings=embeddings,
             image_positional_embeddings=image_pe,
@@ -85,7 +98,19 @@ class SamSegmenter(nn.Module):
             dense_prompt_embeddings=dense,
             multimask_output=False,
         )
-        return F.interpolate(low_res[:, :, 0], size=(height, width), mode="bilinear", align_corners=False)
+        return low_res[:, :, 0]
+
+    def forward(self, images: torch.Tensor, prompts: Prompts | None = None) -> torch.Tensor:
+        """Segment ``images`` [B, 3, S, S]; returns per-class logits [B, C, S, S]."""
+        prompts = prompts or Prompts()
+        batch_size, _, height, width = images.shape
+        embeddings = self.image_embeddings(images)
+        last = embeddings[-1] if isinstance(embeddings, (list, tuple)) else embeddings
+        sparse = self.sparse_tokens(prompts, batch_size)
+        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = dense.expand(batch_size, -1, *last.shape[-2:])
+        low_res = self.decode(embeddings, sparse, dense)
+        return F.interpolate(low_res, size=(height, width), mode="bilinear", align_corners=False)
 
     @property
     def device(self) -> torch.device:

@@ -21,6 +21,8 @@ from typing import Any
 
 from transformers import SamConfig
 
+from medpeft.backbones.hub import check_multiple
+
 PATCH_SIZE = 16
 
 _SAM_DECODER: dict[str, Any] = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8}
@@ -90,12 +92,8 @@ PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
 
 
 def check_image_size(image_size: int, patch_size: int = PATCH_SIZE) -> int:
-    """Return ``image_size`` if it is a positive multiple of ``patch_size``, else raise ValueError."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int):
-        raise ValueError(f"image_size must be an int, got {image_size!r}")
-    if image_size <= 0 or image_size % patch_size:
-        raise ValueError(f"image_size must be a positive multiple of {patch_size}, got {image_size}")
-    return image_size
+    """Return ``image_size`` if it is a positive multiple of ``patch_size``, else name the nearest valid sizes."""
+    return check_multiple(image_size, patch_size, "SAM")
 
 
 def with_image_size(config: SamConfig, image_size: int) -> SamConfig:

@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from medpeft.config import LossConfig
 from medpeft.data.dataset import SegmentationDataset
-from medpeft.engine.losses import SegmentationLoss
 from medpeft.engine.schedule import build_scheduler
-from medpeft.engine.validate import validate
 from medpeft.models.prompts import Prompts
+from medpeft.tasks.segmentation_eval import validate
+from medpeft.tasks.segmentation_loss import SegmentationLoss
 
 
 class UNetSegmenter(nn.Module):

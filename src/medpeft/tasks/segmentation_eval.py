@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from medpeft.metrics import dice_per_class
 from medpeft.models.prompts import Prompts
-from medpeft.models.segmenter import SamSegmenter
 
 
 @torch.no_grad()
-def predict_batches(model: SamSegmenter, dataset: Dataset, mode: str, batch_size: int):
+def predict_batches(model: nn.Module, dataset: Dataset, mode: str, batch_size: int):
     """Yield (batch, logits) over a dataset with deterministic prompts of one mode."""
     was_training = model.training
     model.eval()
@@ -23,7 +23,7 @@ def predict_batches(model: SamSegmenter, dataset: Dataset, mode: str, batch_size
         model.train(was_training)
 
 
-def validate(model: SamSegmenter, dataset: Dataset, mode: str, batch_size: int = 2) -> float:
+def validate(model: nn.Module, dataset: Dataset, mode: str, batch_size: int = 2) -> float:
     """Mean Dice over images and classes (empty prediction on empty mask counts as 1)."""
     scores = []
     for batch, logits in predict_batches(model, dataset, mode, batch_size):

@@ -1,0 +1,94 @@
+"""Load a Depth Anything base from a preset, a ``save_pretrained`` folder, an original ``.pth`` or the hub."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from transformers import DepthAnythingForDepthEstimation
+
+from medpeft.backbones.hub import (
+    CHECKPOINT_SUFFIXES,
+    from_hub,
+    from_local_dir,
+    looks_like_path,
+    read_torch_checkpoint,
+    weights_sha256,
+)
+
+from .convert import (
+    METRIC_MAX_DEPTH,
+    check_size,
+    convert_depth_anything_state_dict,
+    depth_anything_config_from_original,
+    unwrap_checkpoint,
+)
+from .presets import PRESET_NAMES, preset_config
+
+HUB_IDS: tuple[str, ...] = tuple(
+    f"depth-anything/Depth-Anything-V2-{k}{s}-hf"
+    for k in ("", "Metric-Indoor-", "Metric-Outdoor-")
+    for s in ("Small", "Base", "Large")
+)
+_FILE = re.compile(r"depth_anything_v2_(?:metric_(hypersim|vkitti)_)?(vits|vitb|vitl)")
+
+
+def _load_original(path: Path) -> DepthAnythingForDepthEstimation:
+    """An original ``depth_anything_v2[_metric_{hypersim,vkitti}]_{vits,vitb,vitl}.pth``: its name says the
+    encoder and, for metric ones, the scene (and so the maximum depth)."""
+    m = _FILE.search(path.name)
+    if m is None:
+        raise ValueError(
+            f"{path}: cannot tell the Depth-Anything-V2 variant; keep the original file name "
+            "(depth_anything_v2_vits.pth, depth_anything_v2_metric_hypersim_vitb.pth, ...)"
+        )
+    scene, encoder = m.group(1), m.group(2)
+    config = depth_anything_config_from_original(
+        encoder, metric=scene is not None, max_depth=METRIC_MAX_DEPTH[scene] if scene else None
+    )
+    model = DepthAnythingForDepthEstimation(config)
+    model.load_state_dict(
+        convert_depth_anything_state_dict(unwrap_checkpoint(read_torch_checkpoint(path)), config)
+    )
+    return model.eval()
+
+
+def load_depth_anything(
+    source: str, image_size: int = 518
+) -> tuple[DepthAnythingForDepthEstimation, dict[str, Any]]:
+    """Load a Depth Anything base and return ``(model, identity)`` (identity as :func:`load_sam`).
+
+    The weights do not depend on the input size (DINOv2 interpolates its position table); ``image_size``
+    is checked against the patch size and recorded.
+    """
+    check_size(image_size)
+    path = Path(source).expanduser()
+    if source in PRESET_NAMES:
+        kind, model = "preset", DepthAnythingForDepthEstimation(preset_config(source)).eval()
+    elif path.is_dir():
+        kind = "local"
+        model = from_local_dir(
+            DepthAnythingForDepthEstimation.from_pretrained, path, "DepthAnythingForDepthEstimation"
+        )
+    elif path.is_file():
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise ValueError(f"unsupported Depth Anything checkpoint file {source!r}: expected .pth or .pt")
+        kind, model = "pth", _load_original(path)
+    elif looks_like_path(source):
+        raise ValueError(f"Depth Anything checkpoint {source!r} does not exist")
+    elif "/" not in source:
+        raise ValueError(
+            f"unknown Depth Anything base model {source!r}: not a preset ({', '.join(PRESET_NAMES)}), "
+            f"not an existing path and not a hub id such as {HUB_IDS[0]}"
+        )
+    else:
+        kind, model = "hub", from_hub(DepthAnythingForDepthEstimation.from_pretrained, source)
+    identity = {
+        "source": source,
+        "kind": kind,
+        "image_size": image_size,
+        "sha256": weights_sha256(model),
+        "random_init": kind == "preset",
+    }
+    return model.eval(), identity

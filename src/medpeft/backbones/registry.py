@@ -1,0 +1,107 @@
+"""Registry of backbones (timm-style): one module per model family registers one :class:`Backbone`.
+
+A backbone entry says how to load the base model from a source (preset, bundled foundation, hub id,
+``save_pretrained`` folder, original checkpoint), its input-size rule, its pixel normalisation, how
+to wrap it for its task, and its table of symbolic adapter targets (peft's per-model target table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+# Symbolic target names every backbone maps to regexes over its module (or parameter) names.
+# qkv/q/v/attn_out/attn/mlp/all: encoder linear layers; blocks: the block prefix with the block index
+# as group 1, in forward order; pos_embed: parameter names; encoder_norms: LayerNorm modules of the
+# encoder; encoder/decoder/prompt_encoder: module prefixes; neck: the encoder's output convolutions.
+TARGET_NAMES: tuple[str, ...] = (
+    "qkv",
+    "q",
+    "v",
+    "attn_out",
+    "attn",
+    "mlp",
+    "all",
+    "blocks",
+    "pos_embed",
+    "encoder_norms",
+    "encoder",
+    "decoder",
+    "prompt_encoder",
+    "neck",
+)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One registered backbone family.
+
+    ``load(source, image_size) -> (base, identity)``: the base model and its identity record
+    (source, kind, image_size, sha256, random_init); ``wrap(base, label_names, class_prompt)``: the
+    task model (a segmenter or a depth model) exposing ``target_table``; ``claims(source)``: whether
+    a ``model.base`` value belongs to this family (preset names, hub-id prefixes, saved configs).
+    """
+
+    name: str
+    task: str
+    load: Callable[[str, int], tuple[nn.Module, dict[str, Any]]]
+    wrap: Callable[..., nn.Module]
+    check_size: Callable[[int], int]
+    claims: Callable[[str], bool]
+    targets: Mapping[str, str]
+    default_image_size: int
+    presets: tuple[str, ...] = ()
+    normalize: str = "sam"
+    prompt_dim: Callable[[nn.Module], int] | None = None
+    save_merged: Callable[[nn.Module, Path], None] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+_BACKBONES: dict[str, Backbone] = {}
+
+
+def register_backbone(backbone: Backbone) -> Backbone:
+    """Add a backbone; its target table may only use the symbolic names in :data:`TARGET_NAMES`."""
+    if backbone.name in _BACKBONES:
+        raise ValueError(f"backbone {backbone.name!r} is registered twice")
+    unknown = set(backbone.targets) - set(TARGET_NAMES)
+    if unknown:
+        raise ValueError(f"backbone {backbone.name!r}: unknown target names {sorted(unknown)}")
+    _BACKBONES[backbone.name] = backbone
+    return backbone
+
+
+def _load_builtin() -> None:
+    from medpeft.backbones import builtin  # noqa: F401
+
+
+def available_backbones() -> list[str]:
+    """Names of every registered backbone."""
+    _load_builtin()
+    return sorted(_BACKBONES)
+
+
+def get_backbone(name: str) -> Backbone:
+    """The backbone registered as ``name``, with the valid names on error."""
+    _load_builtin()
+    if name not in _BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; expected one of: {', '.join(sorted(_BACKBONES))}")
+    return _BACKBONES[name]
+
+
+def backbone_for(source: str, name: str | None = None) -> Backbone:
+    """The backbone of ``model.base`` = ``source``: ``name`` when given (checked), else the one that claims it.
+
+    A source no family claims (an unknown hub id or a SAM ``.pth``) is SAM's, as before there were others.
+    """
+    _load_builtin()
+    if name is not None:
+        return get_backbone(name)
+    for backbone in _BACKBONES.values():
+        if backbone.name != "sam" and backbone.claims(source):
+            return backbone
+    return _BACKBONES["sam"]

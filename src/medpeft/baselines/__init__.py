@@ -1,1 +1,0 @@
-"""Non-foundation baselines trained from scratch on the target data."""

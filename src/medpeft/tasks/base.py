@@ -1,0 +1,78 @@
+"""What a task owns (its data, loss, validation score and checkpoint criterion) and the task registry.
+
+The one training loop (:func:`medpeft.engine.trainer.train`) asks the configured task for its splits and
+datasets, the loss of a batch, and a validation score; it selects the best checkpoint with the task's
+``better``. A new task is one module that registers a :class:`Task` subclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Splits:
+    """Train/val/test records and the label names they share (none for depth)."""
+
+    train: list[Any]
+    val: list[Any]
+    test: list[Any]
+    label_names: list[str]
+
+
+class Task:
+    """Base class: subclasses set the class attributes and implement the methods."""
+
+    name: ClassVar[str]
+    metric: ClassVar[str]  # the validation score's name, logged as ``val_<metric>``
+    higher_is_better: ClassVar[bool]
+    terms: ClassVar[tuple[str, ...]]  # loss terms logged per step
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def splits(self) -> Splits:
+        raise NotImplementedError
+
+    def dataset(self, records: list[Any], label_names: list[str], train: bool) -> Dataset:
+        raise NotImplementedError
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], step: int, micro: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward the batch and return the total loss and its logged terms."""
+        raise NotImplementedError
+
+    def validate(self, model: nn.Module, dataset: Dataset) -> float:
+        raise NotImplementedError
+
+    def better(self, score: float, best: float | None) -> bool:
+        """Whether ``score`` improves on ``best`` (None: nothing yet)."""
+        if best is None:
+            return True
+        return score > best if self.higher_is_better else score < best
+
+    def describe(self, score: float) -> str:
+        """The validation line shown after an epoch."""
+        return f"validation {self.metric} {score:.4f}"
+
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator adding a task under its ``name``."""
+    _TASKS[cls.name] = cls
+    return cls
+
+
+def make_task(cfg: Any) -> Task:
+    """The task the config names (its ``task`` is resolved from the backbone when not set)."""
+    from medpeft.tasks import depth, segmentation  # noqa: F401 - registration
+
+    return _TASKS[cfg.task](cfg)

@@ -1,0 +1,105 @@
+"""Promptable segmentation: Dice + BCE (+ focal) loss under sampled prompt modes, Dice-selected checkpoints."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from medpeft.config import Config, ConfigError
+from medpeft.data.dataset import SegmentationDataset
+from medpeft.data.readers import ImageRecord, read_dataset
+from medpeft.data.splits import load_split_file, split_records
+from medpeft.models.prompts import Prompts
+from medpeft.tasks.base import Splits, Task, register_task
+from medpeft.tasks.segmentation_loss import SegmentationLoss
+
+
+def build_splits(cfg: Config, root: Path | None = None) -> Splits:
+    """Read the dataset (or the ``data.sources`` collection) and split it deterministically (or by ``data.split_file``)."""
+    root = root or cfg.data.root
+    if root is None and cfg.data.sources:
+        from medpeft.data.collection import read_collection
+
+        parts, labels = read_collection(cfg.data.sources, cfg.data.split, cfg.data.seed)
+        if cfg.data.split_file is not None:
+            parts = load_split_file(cfg.data.split_file, [r for p in parts.values() for r in p])
+        return Splits(parts["train"], parts["val"], parts["test"], labels)
+    if root is None:
+        raise ConfigError(
+            "data.root is not set: point it at a folder dataset or a SAM-Med2D json layout (or list data.sources)"
+        )
+    records, labels = read_dataset(Path(root), format=cfg.data.format, labels=cfg.data.labels)
+    if cfg.data.split_file is not None:
+        parts = load_split_file(cfg.data.split_file, records)
+    else:
+        parts = split_records(records, cfg.data.split, seed=cfg.data.seed)
+    return Splits(parts["train"], parts["val"], parts["test"], labels)
+
+
+def build_dataset(
+    cfg: Config, records: list[ImageRecord], labels: list[str], train: bool
+) -> SegmentationDataset:
+    """A dataset with training (sampled, augmented) or evaluation (deterministic) prompts."""
+    return SegmentationDataset(
+        records,
+        labels,
+        image_size=cfg.model.image_size,
+        resize=cfg.data.resize,
+        normalize=cfg.data.normalize,
+        augment=cfg.data.augment.model_dump() if train else None,
+        prompt_mode="train" if train else "eval",
+        box_jitter=cfg.prompts.box_jitter,
+        n_pos_points=cfg.prompts.n_pos_points,
+        n_neg_points=cfg.prompts.n_neg_points,
+        seed=cfg.train.seed,
+        cache=cfg.data.cache,
+        classes_per_image=cfg.data.classes_per_image,
+    )
+
+
+def sample_mode(modes: dict[str, float], seed: int, step: int, micro: int) -> str:
+    """Prompt mode for one micro-batch, reproducible from (seed, step, micro)."""
+    rng = random.Random(seed * 1_000_003 + step * 1_009 + micro)
+    names = list(modes)
+    return rng.choices(names, weights=[modes[n] for n in names], k=1)[0]
+
+
+@register_task
+class SegmentationTask(Task):
+    """Each micro-batch draws its prompt mode (box, point, box+point, auto) from ``prompts.train_modes``;
+    validation scores mean Dice under ``prompts.eval_mode``."""
+
+    name = "segmentation"
+    metric = "dice"
+    higher_is_better = True
+    terms = ("dice", "bce", "focal")
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.loss_fn = SegmentationLoss(cfg.loss)
+
+    def splits(self) -> Splits:
+        return build_splits(self.cfg)
+
+    def dataset(self, records: list[Any], label_names: list[str], train: bool) -> Dataset:
+        return build_dataset(self.cfg, records, label_names, train)
+
+    def loss(
+        self, model: nn.Module, batch: dict[str, Any], step: int, micro: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        mode = sample_mode(self.cfg.prompts.train_modes, self.cfg.train.seed, step, micro)
+        logits = model(batch["image"], Prompts.from_batch(batch, mode))
+        return self.loss_fn(logits, batch["masks"], batch.get("class_valid"))
+
+    def validate(self, model: nn.Module, dataset: Dataset) -> float:
+        from medpeft.tasks.segmentation_eval import validate
+
+        return validate(model, dataset, self.cfg.prompts.eval_mode, self.cfg.train.batch_size)
+
+    def describe(self, score: float) -> str:
+        return f"validation Dice {score:.4f} ({self.cfg.prompts.eval_mode} prompts)"
