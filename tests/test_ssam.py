@@ -99,8 +99,8 @@ def test_vit_b_count_is_scale_shift_plus_encoder_norms(monkeypatch: pytest.Monke
     assert len(svd_layers(model)) == 4 * blocks
     assert trainable_share(model) == (expected, base_total + scale_shift)
     counts = parameter_counts(model)
-    assert counts["vision_encoder"][0] == expected
-    assert all(t == 0 for g, (t, _) in counts.items() if g != "vision_encoder")
+    assert counts["encoder"][0] == expected
+    assert all(t == 0 for g, (t, _) in counts.items() if g != "encoder")
     assert {_family(n) for n in _trainable(model)} == {"scale", "shift", "layernorm"}
     assert f"{expected:,}" in parameter_report(model, cfg)
 

@@ -28,20 +28,21 @@ __all__ = [  # the segmentation task's data builders are re-exported for the CLI
 ]
 
 
-def build_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn.Module | None:
-    """The per-class prompt token: learned embedding, label-name text embedding, or none."""
-    from medpeft.models.text import LearnedClassPrompt, TextClassPrompt, TextEncoder
+def configured_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn.Module | None:
+    """``model.class_prompt`` read: none, or :func:`medpeft.models.text.build_class_prompt` with the
+    configured text encoder (label-name prompts) or without (learned tokens)."""
+    from medpeft.models.text import TextEncoder, build_class_prompt
 
     if cfg.model.class_prompt == "none":
         return None
-    if cfg.model.class_prompt == "learned":
-        return LearnedClassPrompt(label_names, dim)
-    if not cfg.model.text_encoder:
-        raise ConfigError(
-            "model.class_prompt is 'text' but model.text_encoder is not set (a CLIP hub id or local dir)"
-        )
-    encoder = TextEncoder(cfg.model.text_encoder, template=cfg.model.text_template)
-    return TextClassPrompt(label_names, encoder, dim)
+    encoder = None
+    if cfg.model.class_prompt == "text":
+        if not cfg.model.text_encoder:
+            raise ConfigError(
+                "model.class_prompt is 'text' but model.text_encoder is not set (a CLIP hub id or local dir)"
+            )
+        encoder = TextEncoder(cfg.model.text_encoder, template=cfg.model.text_template)
+    return build_class_prompt(label_names, dim, encoder)
 
 
 def load_base(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
@@ -67,11 +68,12 @@ def build_model(
     torch.manual_seed(cfg.train.seed + 1)
     class_prompt = None
     if backbone.prompt_dim is not None:
-        class_prompt = build_class_prompt(cfg, label_names, backbone.prompt_dim(base))
+        class_prompt = configured_class_prompt(cfg, label_names, backbone.prompt_dim(base))
     model = backbone.wrap(base, label_names, class_prompt)
+    model.base_state_keys = frozenset(model.state_dict())  # what a merge must come back to
     model.requires_grad_(False)
-    if model.class_prompt is not None:
-        for p in model.class_prompt.parameters():
+    if class_prompt is not None:
+        for p in class_prompt.parameters():
             p.requires_grad_(True)
     apply_methods(model, cfg)
     return model, identity

@@ -1,4 +1,4 @@
-"""``medpeft merge``: fold adapters into plain weights and write a transformers model directory."""
+"""``medpeft merge``: fold adapters into plain weights and write the backbone's transformers model directory."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from medpeft.backbones import get_backbone
 from medpeft.engine.build import merge_methods
 from medpeft.engine.restore import load_trained
 
@@ -28,20 +29,24 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
     if out.exists() and any(out.iterdir()) and not (out / HEAD_RECORD).is_file():
         raise ValueError(f"{out} holds files that are not a medpeft merge output; refusing to replace them")
     model, record, cfg = load_trained(checkpoint)
+    backbone = get_backbone(str(cfg.model.backbone))
+    if backbone.save_merged is None:
+        raise ValueError(f"backbone {backbone.name!r} has no merged format to write")
     gen = torch.Generator().manual_seed(seed)
-    size = model.image_size
+    size = int(cfg.model.image_size)
     probe = torch.randn(1, 3, size, size, generator=gen)
     before = model(probe)
     merge_methods(model, cfg)
-    leftover = [n for n, _ in model.named_parameters() if "lora_" in n or n.endswith((".scale", ".shift"))]
-    if leftover:
+    leftover = sorted(set(model.state_dict()) - model.base_state_keys)
+    if leftover:  # every method folded into the base's own tensors, or the merge is not plain weights
         raise RuntimeError(f"merge left adapter tensors behind: {leftover[:5]}")
     after = model(probe)
     diff = float((before - after).abs().max())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
-        _write_merged(model, record, str(checkpoint), diff, tmp)
+        backbone.save_merged(model, tmp)
+        _write_head(model, record, str(checkpoint), diff, tmp)
         if out.exists():  # empty, or an earlier merge output (checked above)
             shutil.rmtree(out)
         os.rename(tmp, out)
@@ -51,15 +56,15 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
     return diff
 
 
-def _write_merged(model, record: dict, source: str, diff: float, out: Path) -> None:
-    model.sam.save_pretrained(out)
-    if model.class_prompt is not None:
+def _write_head(model, record: dict, source: str, diff: float, out: Path) -> None:
+    """What the transformers folder cannot hold: the class-prompt head and the label names."""
+    if getattr(model, "class_prompt", None) is not None:
         head = {n: p.detach().contiguous() for n, p in model.class_prompt.state_dict().items()}
         save_file(head, str(out / HEAD_FILE))
     (out / HEAD_RECORD).write_text(
         json.dumps(
             {
-                "label_names": model.label_names,
+                "label_names": record["label_names"],
                 "class_prompt": record["class_prompt"],
                 "merged_from": source,
                 "max_abs_logit_difference": diff,

@@ -7,14 +7,18 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from medpeft.adapters.targets import has_target, inside
 from medpeft.config import Config
 
-GROUPS = ("vision_encoder", "prompt_encoder", "mask_decoder", "class_prompt", "shared_image_embedding")
+GROUPS = ("encoder", "prompt_encoder", "decoder", "class_prompt")
 
 
-def group_of(name: str) -> str:
-    for g in GROUPS:
-        if f"{g}." in f"{name}." or name.startswith(g):
+def group_of(model: nn.Module, name: str) -> str:
+    """The part of the model a parameter belongs to, from its backbone's target table."""
+    if name.startswith("class_prompt."):
+        return "class_prompt"
+    for g in GROUPS[:3]:
+        if has_target(model, g) and inside(model, g, "info").fullmatch(name):
             return g
     return "other"
 
@@ -35,7 +39,7 @@ def parameter_counts(model: nn.Module) -> OrderedDict[str, tuple[int, int]]:
     """(trainable, total) numbers of parameters per model part."""
     counts: OrderedDict[str, tuple[int, int]] = OrderedDict((g, (0, 0)) for g in (*GROUPS, "other"))
     for name, numel, trains in named_parameter_sizes(model):
-        g = group_of(name)
+        g = group_of(model, name)
         t, n = counts[g]
         counts[g] = (t + (numel if trains else 0), n + numel)
     return OrderedDict((g, c) for g, c in counts.items() if c[1])
