@@ -87,8 +87,8 @@ def train(
         result = run_train(cfg, resume=resume, overwrite=overwrite, resume_from=resume_from)
     best = (
         "no validation split (the last checkpoint stands for the run)"
-        if result.best_dice is None
-        else f"best validation Dice {result.best_dice:.4f}"
+        if result.best_score is None
+        else f"best validation {result.metric} {result.best_score:.4f}"
     )
     typer.echo(f"done: {result.steps} steps, {best}; run in {result.run_dir}")
 
@@ -132,6 +132,8 @@ def evaluate(
     split = split or ("all" if data else "test")
     with _one_line_errors():
         model, record, cfg = load_trained(checkpoint)
+        if cfg.task == "depth":
+            return _evaluate_depth(model, cfg, checkpoint, data, split, out)
         splits = build_splits(cfg, data)
         trained = record["label_names"]
         _check_labels(splits.label_names, trained)
@@ -163,6 +165,22 @@ def evaluate(
         from medpeft.engine.html_report import write_report
 
         typer.echo(f"report: {write_report(run_dir)}")
+
+
+def _evaluate_depth(model, cfg, checkpoint: Path, data: Path | None, split: str, out: Path | None) -> None:
+    """``medpeft evaluate`` of a depth checkpoint: depth metrics per image, summary and pictures."""
+    from medpeft.tasks.base import make_task
+    from medpeft.tasks.depth import build_depth_splits, evaluate_depth, format_depth_table
+
+    task = make_task(cfg)
+    splits = build_depth_splits(cfg, data)
+    records = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
+    if not records:
+        _fail(f"the {split!r} split of {data or 'the training data'} is empty")
+    out = out or Path(cfg.train.output_dir) / f"eval-{split}-depth"
+    summary = evaluate_depth(task, model, task.dataset(records, [], train=False), out)
+    typer.echo(format_depth_table(summary))
+    typer.echo(f"wrote {out}/per_image.csv, summary.json and pictures/")
 
 
 def _run_dir_of(path: Path) -> Path | None:
@@ -199,34 +217,39 @@ def predict(
     overwrite: Annotated[
         bool, typer.Option(help="Replace an earlier medpeft prediction output in --out (nothing else)")
     ] = False,
+    task: Annotated[
+        str | None, typer.Option(help="segmentation or depth (default: the checkpoint's task; checked)")
+    ] = None,
 ) -> None:
-    """Segment new images; writes PNG label maps and overlays.
+    """Segment new images (PNG label maps and overlays) or estimate depth (16-bit PNG depth and pictures).
 
     Exit code 0: all written; 1: some input files could not be read (the rest are written, failures listed
     in predictions.json); 2: nothing written (bad prompts, inputs, checkpoint or output folder).
     """
-    from medpeft.engine.predict import check_output_dir
+    from medpeft.engine.predict import DepthWriter, SegmentationWriter, check_output_dir
     from medpeft.engine.predict import predict as run_predict
     from medpeft.engine.restore import load_trained
+    from medpeft.tasks.base import TASK_NAMES
 
+    _choice("--task", task, TASK_NAMES)
     with _one_line_errors():
         check_output_dir(out, overwrite)  # cheap, before loading the model; predict() checks again
         model, record, cfg = load_trained(checkpoint)
-        report = run_predict(
-            model,
-            inputs,
-            out,
-            prompts,
-            cfg.data.resize,
-            cfg.data.normalize,
-            cfg.eval.threshold,
-            overwrite=overwrite,
-        )
+        if task is not None and task != cfg.task:
+            _fail(f"--task {task}: {checkpoint} is a {cfg.task} checkpoint")
+        if cfg.task == "depth":
+            writer = DepthWriter(cfg.model.image_size, cfg.depth.scale, normalize_mode=cfg.data.normalize)
+        else:
+            writer = SegmentationWriter(cfg.data.resize, cfg.data.normalize, cfg.eval.threshold)
+        report = run_predict(model, inputs, out, prompts, overwrite=overwrite, writer=writer)
     written, failed = report["images"], report["failed"]
     typer.echo(f"{len(written)} image(s) written, {len(failed)} failed" + (":" if failed else ""))
     for item in failed:
         typer.echo(f"  {item['image']}: {item['error']}")
-    typer.echo(f"masks in {out}/masks, overlays in {out}/overlays (labels: {record['label_names']})")
+    if cfg.task == "depth":
+        typer.echo(f"depth in {out}/depth ({report['depth_png']}), pictures in {out}/pictures")
+    else:
+        typer.echo(f"masks in {out}/masks, overlays in {out}/overlays (labels: {record['label_names']})")
     if failed:
         raise typer.Exit(1)
 

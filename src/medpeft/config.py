@@ -243,7 +243,7 @@ class EvalConfig(_Strict):
 class Config(_Strict):
     """A whole run."""
 
-    task: Literal["segmentation", "depth"] | None = None  # default: the backbone's task
+    task: str | None = None  # segmentation or depth; default: the backbone's task
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
@@ -259,8 +259,11 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _check_adapters(self) -> Config:
         from medpeft.backbones import get_backbone
+        from medpeft.tasks.base import TASK_NAMES
 
         method_configs(self.adapters)
+        if self.task is not None and self.task not in TASK_NAMES:
+            raise ValueError(f"task: {self.task!r} is not one of: {', '.join(TASK_NAMES)}")
         native = get_backbone(str(self.model.backbone)).task
         if self.task is not None and self.task != native:
             raise ValueError(

@@ -84,6 +84,29 @@ def _overlay_grid(folder: Path) -> str:
     return "".join(figures)
 
 
+def _depth_sections(run_dir: Path) -> list[str]:
+    """Depth evaluations: the metric table and the best/median/worst pictures (image | truth | prediction)."""
+    out = []
+    for folder in sorted(p for p in run_dir.glob("eval-*") if p.is_dir()):
+        summary = _load(folder / "summary.json")
+        if not (isinstance(summary, dict) and summary.get("task") == "depth"):
+            continue
+        rows = "".join(
+            f"<tr><td>{m}</td><td>{_fmt(v)}</td><td>{_fmt(summary['std'][m])}</td></tr>"
+            for m, v in summary["mean"].items()
+        )
+        out.append(
+            f"<h2>Depth, {html.escape(folder.name)} ({summary['images']} images; {html.escape(summary['kind'])}, "
+            f"aligned: {html.escape(summary['align'])})</h2><table><tr><th>metric</th><th>mean</th><th>std</th></tr>{rows}</table>"
+        )
+        for case, pic in summary.get("pictures", {}).items():
+            out.append(
+                f"<p>{case}: {html.escape(pic['name'])} (AbsRel {_fmt(pic['abs_rel'])}); image, ground truth, prediction</p>"
+                + _img(folder / pic["file"], case)
+            )
+    return out
+
+
 def write_report(run_dir: Path | str) -> Path:
     """Write ``run_dir/report.html`` from what the run holds; returns its path."""
     run_dir = Path(run_dir)
@@ -131,6 +154,7 @@ def write_report(run_dir: Path | str) -> Path:
         if mode not in after:
             parts.append(f"<h2>Zero-shot, {html.escape(mode)} prompts ({summary['images']} images)</h2>")
             parts.append(_class_table(summary, None))
+    parts += _depth_sections(run_dir)
     if (run_dir / "curves.png").is_file():
         parts.append("<h2>Training curves</h2>" + _img(run_dir / "curves.png", "training curves"))
     for mode, (folder, _) in after.items():

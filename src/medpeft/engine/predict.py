@@ -1,6 +1,8 @@
-"""Prediction on new images: PNG label maps and overlays, with box/point prompts from JSON or automatic mode.
+"""Prediction on new images: PNG label maps and overlays, with box/point prompts from JSON or automatic mode,
+or 16-bit depth maps and pictures for a depth model.
 
-The output folder holds ``masks/``, ``overlays/`` and ``predictions.json``; the latter carries the marker
+The output folder holds the task's folders (``masks/`` + ``overlays/``, or ``depth/`` + ``pictures/``) and
+``predictions.json``; the latter carries the marker
 ``"format": "medpeft-predictions"`` so that a later run can tell a medpeft output folder (which
 ``overwrite=True`` may replace) from anything else (which it never deletes).
 """
@@ -15,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from tqdm.auto import tqdm
 
-from medpeft.backbones.sam.segmenter import SamSegmenter
 from medpeft.data.readers import IMAGE_EXTENSIONS, DataError, image_size, load_image
 from medpeft.data.transforms import normalize, resize, undo_resize, valid_region
 from medpeft.engine.checkpoint import atomic_write_json
@@ -27,7 +29,7 @@ from medpeft.viz import save_label_map, save_overlay
 # Marker in predictions.json: this folder is a medpeft prediction output.
 OUTPUT_FORMAT = "medpeft-predictions"
 PROMPT_KEYS = ("boxes", "points")
-_OUTPUT_DIRS = ("masks", "overlays")
+_OUTPUT_DIRS = ("masks", "overlays", "depth", "pictures")
 _REPORT = "predictions.json"
 # What a broken or unreadable input file raises while it is decoded; such a file is skipped, not fatal.
 _UNREADABLE = (DataError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -287,7 +289,7 @@ def _output_names(images: list[Path]) -> dict[Path, str]:
 
 @torch.no_grad()
 def predict(
-    model: SamSegmenter,
+    model: nn.Module,
     inputs: Path,
     out_dir: Path,
     prompt_file: Path | None = None,
@@ -296,27 +298,35 @@ def predict(
     threshold: float = 0.5,
     progress: bool = True,
     overwrite: bool = False,
+    writer: PredictionWriter | None = None,
 ) -> dict[str, Any]:
-    """Segment every input image; writes ``masks/<stem>.png``, ``overlays/<stem>.png`` and ``predictions.json``.
+    """Predict every input image and write what the task writes (segmentation: ``masks/<stem>.png`` and
+    ``overlays/<stem>.png``; depth: ``depth/<stem>.png`` and ``pictures/<stem>.png``) plus
+    ``predictions.json``.
 
     Inputs, prompts and the output folder are checked before anything is written (one-line
     :class:`DataError`). An input that cannot be decoded is skipped and listed under ``failed`` in the
     returned report, which is also written to ``predictions.json`` (``{"format", "labels", "images",
     "failed", "complete"}``).
     """
-    labels = model.label_names
+    labels = list(getattr(model, "label_names", []))
+    writer = writer or SegmentationWriter(resize_mode, normalize_mode, threshold)
     out_dir = Path(out_dir)
     images = list_images(Path(inputs))
     stale = check_output_dir(out_dir, overwrite, images)
+    if prompt_file is not None and not writer.takes_prompts:
+        raise DataError(f"--prompts {prompt_file}: a {writer.task} model takes no prompts")
     prompt_data = read_prompt_file(prompt_file, labels, images)
     clear_output(stale)
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "format": OUTPUT_FORMAT,
+        "task": writer.task,
         "complete": False,
         "labels": labels,
         "images": [],
         "failed": [],
+        **writer.describe(model),
     }
     _write_report(out_dir, report)  # marks the folder as ours at once, so an interrupted run can be replaced
     names = _output_names(images)
@@ -327,26 +337,103 @@ def predict(
         except _UNREADABLE as e:
             report["failed"].append({"image": str(path), "error": _one_line(e)})
             continue
-        resized, _, meta = resize(image, None, model.image_size, resize_mode)
-        x = normalize(resized, normalize_mode)
-        x[~valid_region(meta)] = 0.0
         entry = prompt_data.get(path.name, prompt_data.get(path.stem))
-        prompts, mode = image_prompts(entry, labels, meta)
-        tensor = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(model.device)
-        logits = model(tensor, prompts.to(model.device))[0]
-        prob = undo_resize(torch.sigmoid(logits).cpu(), meta, "bilinear").numpy()
-        masks = prob > threshold
-        save_label_map(out_dir / "masks" / names[path], masks, prob)
-        save_overlay(out_dir / "overlays" / names[path], image, masks, labels)
         report["images"].append(
-            {
-                "image": str(path),
-                "mask": f"masks/{names[path]}",
-                "overlay": f"overlays/{names[path]}",
-                "prompt_mode": mode,
-                "pixels": {n: int(m.sum()) for n, m in zip(labels, masks, strict=True)},
-            }
+            {"image": str(path), **writer.write(model, image, entry, out_dir, names[path])}
         )
     report["complete"] = True
     _write_report(out_dir, report)
     return report
+
+
+def model_input(
+    image: np.ndarray, size: int, resize_mode: str, normalize_mode: str
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """An image as the model's [1, 3, S, S] input (padding zeroed after normalisation) and its resize record."""
+    resized, _, meta = resize(image, None, size, resize_mode)
+    x = normalize(resized, normalize_mode)
+    x[~valid_region(meta)] = 0.0
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None], meta
+
+
+class PredictionWriter:
+    """What one task writes per image; the prediction loop is shared."""
+
+    task = "segmentation"
+    takes_prompts = True
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """Extra fields of ``predictions.json``."""
+        return {}
+
+    def write(
+        self, model: nn.Module, image: np.ndarray, entry: Any, out_dir: Path, name: str
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class SegmentationWriter(PredictionWriter):
+    """Label maps (``masks/``) and overlays (``overlays/``) under box/point prompts or automatic mode."""
+
+    def __init__(self, resize_mode: str, normalize_mode: str, threshold: float) -> None:
+        self.resize_mode, self.normalize_mode, self.threshold = resize_mode, normalize_mode, threshold
+
+    def write(
+        self, model: nn.Module, image: np.ndarray, entry: Any, out_dir: Path, name: str
+    ) -> dict[str, Any]:
+        labels = model.label_names
+        tensor, meta = model_input(image, model.image_size, self.resize_mode, self.normalize_mode)
+        prompts, mode = image_prompts(entry, labels, meta)
+        logits = model(tensor.to(model.device), prompts.to(model.device))[0]
+        prob = undo_resize(torch.sigmoid(logits).cpu(), meta, "bilinear").numpy()
+        masks = prob > self.threshold
+        save_label_map(out_dir / "masks" / name, masks, prob)
+        save_overlay(out_dir / "overlays" / name, image, masks, labels)
+        return {
+            "mask": f"masks/{name}",
+            "overlay": f"overlays/{name}",
+            "prompt_mode": mode,
+            "pixels": {n: int(m.sum()) for n, m in zip(labels, masks, strict=True)},
+        }
+
+
+class DepthWriter(PredictionWriter):
+    """16-bit PNG depth (``depth/``) and a colour-mapped picture (``pictures/``) at the input's size.
+
+    Metric models write depth / ``scale`` (so :func:`medpeft.data.depth.read_depth` with the same
+    scale reads metres back). Relative models predict affine-invariant disparity, which has no metric
+    depth: they write that disparity scaled to 1-65535 per image, and ``predictions.json`` says so.
+    """
+
+    task = "depth"
+    takes_prompts = False
+
+    def __init__(
+        self, image_size: int, scale: float, resize_mode: str = "resize", normalize_mode: str = "sam"
+    ) -> None:
+        self.image_size, self.scale = image_size, scale
+        self.resize_mode, self.normalize_mode = resize_mode, normalize_mode
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        if model.kind == "metric":
+            return {"depth_png": f"metric depth; metres = value * {self.scale}"}
+        return {"depth_png": "relative disparity (larger = nearer), scaled per image to 1-65535; not metric"}
+
+    def write(
+        self, model: nn.Module, image: np.ndarray, entry: Any, out_dir: Path, name: str
+    ) -> dict[str, Any]:
+        from medpeft.data.depth import write_depth_picture, write_depth_png16
+
+        tensor, meta = model_input(image, self.image_size, self.resize_mode, self.normalize_mode)
+        output = undo_resize(model(tensor.to(model.device))[0].float().cpu(), meta, "bilinear").numpy()[0]
+        if model.kind == "metric":
+            write_depth_png16(out_dir / "depth" / name, output, self.scale)
+            picture = output
+        else:
+            span = max(float(output.max() - output.min()), 1e-12)
+            write_depth_png16(out_dir / "depth" / name, 1.0 + 65534.0 * (output - output.min()) / span, 1.0)
+            picture = 1.0 / np.maximum(
+                output - output.min() + 1e-3 * span, 1e-12
+            )  # nearer = smaller, as depth
+        write_depth_picture(out_dir / "pictures" / name, picture)
+        return {"depth": f"depth/{name}", "picture": f"pictures/{name}"}

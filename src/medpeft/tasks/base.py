@@ -62,6 +62,7 @@ class Task:
         return f"validation {self.metric} {score:.4f}"
 
 
+TASK_NAMES: tuple[str, ...] = ("segmentation", "depth")
 _TASKS: dict[str, type[Task]] = {}
 
 

@@ -143,3 +143,70 @@ class DepthTask(Task):
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DistributedDataParallel
+
+
+@torch.no_grad()
+def evaluate_depth(task: DepthTask, model: nn.Module, dataset: DepthDataset, out_dir: Path) -> dict[str, Any]:
+    """Score every image (``per_image.csv``), summarise (``summary.json``: mean and std of each metric) and
+    draw the best, median and worst images by AbsRel (image | ground truth | prediction, one colour scale)."""
+    import csv
+    import json
+
+    import numpy as np
+
+    rows = task.scores(model, dataset)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "per_image.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["name", *METRICS])
+        w.writeheader()
+        w.writerows(rows)
+    summary: dict[str, Any] = {
+        "task": "depth",
+        "images": len(rows),
+        "kind": model.kind,
+        "align": resolve_align(model.kind, task.cfg.depth.align),
+        "mean": {m: float(np.mean([r[m] for r in rows])) if rows else math.nan for m in METRICS},
+        "std": {m: float(np.std([r[m] for r in rows])) if rows else math.nan for m in METRICS},
+    }
+    ranked = sorted(rows, key=lambda r: r["abs_rel"])
+    cases = {"best": ranked[0], "median": ranked[len(ranked) // 2], "worst": ranked[-1]} if ranked else {}
+    summary["pictures"] = {}
+    index = {dataset.records[i].name: i for i in range(len(dataset))}
+    for case, row in cases.items():
+        path = out_dir / "pictures" / f"{case}-{row['name']}.png"
+        _draw_case(task, model, dataset, index[row["name"]], path)
+        summary["pictures"][case] = {
+            "name": row["name"],
+            "abs_rel": row["abs_rel"],
+            "file": str(path.relative_to(out_dir)),
+        }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _draw_case(task: DepthTask, model: nn.Module, dataset: DepthDataset, i: int, path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from medpeft.data.depth import colorize_depth
+
+    item = dataset[i]
+    image, gt, valid = item["image"][None].to(model.device), item["depth"][None], item["valid"][None]
+    d = task.cfg.depth
+    pred = to_depth(model(image).cpu(), gt, valid, model.kind, d.align, d.min_depth)[0, 0].numpy()
+    g = gt[0, 0].numpy()
+    lo, hi = np.percentile(g[g > 0], [2, 98]) if (g > 0).any() else (None, None)
+    shown = item["image"].permute(1, 2, 0).numpy()
+    shown = ((shown - shown.min()) / max(float(np.ptp(shown)), 1e-6) * 255).astype(np.uint8)
+    panels = [shown, colorize_depth(g, lo, hi), colorize_depth(pred, lo, hi)]
+    picture = Image.fromarray(np.concatenate(panels, axis=1))
+    zoom = max(1, 256 // g.shape[0])  # small inputs are drawn larger, pixels kept sharp
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.resize((picture.width * zoom, picture.height * zoom), Image.NEAREST).save(path)
+
+
+def format_depth_table(summary: dict[str, Any]) -> str:
+    """One line per metric: mean and std over images."""
+    lines = [f"depth ({summary['kind']}, align {summary['align']}), {summary['images']} images"]
+    lines += [f"{m:<10}{summary['mean'][m]:>10.4f} +- {summary['std'][m]:.4f}" for m in METRICS]
+    return "\n".join(lines)
