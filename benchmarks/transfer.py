@@ -129,8 +129,10 @@ def method_recipe(method: str, text_encoder: str | None, galore_rank: int) -> di
     elif method == "full":
         recipe["adapters"] = [{"name": "full"}]
         recipe["lr"] = FULL_LR
-    elif method == "unet":
-        recipe["lr"] = UNET_LR
+    elif method == "unet":  # from scratch through the same training loop; it takes no prompts
+        recipe.update(
+            base="unet", adapters=[{"name": "full"}], lr=UNET_LR, class_prompt="none", modes={"auto": 1.0}
+        )
     else:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     return recipe
@@ -140,7 +142,11 @@ def job_config(job: dict[str, Any]) -> dict[str, Any]:
     """The medpeft config (as a mapping) of one run."""
     r = method_recipe(job["method"], job.get("text_encoder"), job["galore_rank"])
     cfg: dict[str, Any] = {
-        "model": {"base": job["base"], "image_size": job["image_size"], "class_prompt": r["class_prompt"]},
+        "model": {
+            "base": r.get("base", job["base"]),
+            "image_size": job["image_size"],
+            "class_prompt": r["class_prompt"],
+        },
         "data": {"root": job["target"], "split_file": job["split_file"]},
         "prompts": {"train_modes": r["modes"], "eval_mode": "box"},
         "adapters": r["adapters"],
@@ -205,32 +211,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {k: job.get(k) for k in ("method", "shots", "seed", "epochs")}
     row.update(train_images=len(splits.train), class_prompt=cfg.model.class_prompt, lr=cfg.train.lr)
     t0 = time.perf_counter()
-    if job["method"] == "unet":
-        from safetensors.torch import save_file
-
-        from medpeft.backbones.unet import train_unet
-
-        res = train_unet(
-            build_dataset(cfg, splits.train, splits.label_names, train=True),
-            build_dataset(cfg, splits.val, splits.label_names, train=False) if splits.val else None,
-            epochs=cfg.train.epochs,
-            batch_size=cfg.train.batch_size,
-            lr=cfg.train.lr,
-            seed=cfg.train.seed,
-            val_every=cfg.train.val_every,
-            progress=False,
-        )
-        row["train_seconds"], row["peak_rss_mib"] = time.perf_counter() - t0, peak_rss_mib()
-        model, row["steps"], row["val_dice"] = res.model, res.steps, res.best_val_dice
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_file(
-            {k: v.contiguous() for k, v in model.state_dict().items()}, str(run_dir / "unet.safetensors")
-        )
-        row["adapter_bytes"] = (run_dir / "unet.safetensors").stat().st_size
-        trainable, total = trainable_share(model)
-        row.update(trainable=trainable, total_params=total, optimizer_state=2 * trainable)
-        row.update(_evaluate(model, test_ds, ("auto",), run_dir))
-    elif job["method"] == "zero_shot":
+    if job["method"] == "zero_shot":
         model, _ = build_model(cfg, splits.label_names)
         model.eval()
         row.update(
@@ -254,7 +235,9 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             total_params=total,
             optimizer_state=optimizer_state_numel(build_optimizer(cfg, model)),
         )
-        row.update(_evaluate(model, test_ds, ("box", "auto"), run_dir))
+        row.update(
+            _evaluate(model, test_ds, ("auto",) if job["method"] == "unet" else ("box", "auto"), run_dir)
+        )
     row["trainable_share"] = row["trainable"] / max(1, row["total_params"])
     return row
 

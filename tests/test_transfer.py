@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_shapes_dataset
+from conftest import make_shapes_dataset, tiny_config_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,22 +104,27 @@ def test_shots_split_keeps_val_and_test_fixed(report, tmp_path):
     assert not set(a["train"]) & set(a["test"]) and not set(a["train"]) & set(a["val"])
 
 
-def test_unet_baseline_learns(tmp_path):
-    from medpeft.backbones.unet import train_unet
-    from medpeft.data.dataset import SegmentationDataset
-    from medpeft.data.readers import read_dataset
-    from medpeft.tasks.segmentation_eval import validate
+def test_unet_baseline_learns_through_the_training_loop(tmp_path):
+    from medpeft.config import parse_config
+    from medpeft.engine.restore import load_trained
+    from medpeft.engine.trainer import train
+    from medpeft.tasks.base import make_task
 
     torch.set_num_threads(1)
-    root = make_shapes_dataset(tmp_path / "shapes", n=16, size=64, big=True)
-    records, labels = read_dataset(root)
-    train_ds = SegmentationDataset(records[:12], labels, image_size=64, augment=None)
-    val_ds = SegmentationDataset(records[12:], labels, image_size=64, prompt_mode="eval")
-    res = train_unet(train_ds, val_ds, epochs=15, batch_size=4, lr=3e-3, progress=False)
-    losses = [h["loss"] for h in res.history if "loss" in h]
+    root = make_shapes_dataset(tmp_path / "shapes", n=20, size=64, big=True)
+    cfg = tiny_config_dict(root, tmp_path / "unet", epochs=15, lr=3e-3)
+    cfg["model"] = {"base": "unet", "image_size": 64, "class_prompt": "none"}
+    cfg["adapters"] = [{"name": "full"}]
+    cfg["prompts"] = {"train_modes": {"auto": 1.0}, "eval_mode": "auto"}
+    result = train(parse_config(cfg), progress=False)
+    losses = [h["loss"] for h in result.history if "loss" in h]
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
-    assert res.best_val_dice == pytest.approx(validate(res.model, val_ds, "auto"), abs=1e-6)
-    assert res.best_val_dice > 0.3
+    model, _, loaded = load_trained(result.run_dir)  # the best checkpoint reproduces its validation score
+    task = make_task(loaded)
+    assert result.best_dice == pytest.approx(
+        task.validate(model, task.dataset(task.splits().val, model.label_names, False)), abs=1e-6
+    )
+    assert result.best_dice > 0.3
 
 
 def test_subprocess_worker_and_medpeft_run_as_source(tmp_path):
