@@ -18,14 +18,14 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from medpeft.adapters.registry import get_method
-from medpeft.config import Config, dump_config, method_configs
+from medpeft.config import Config, dump_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_model, build_optimizer, make_record
 from medpeft.engine.html_report import write_report
 from medpeft.engine.report import trainable_share
 from medpeft.engine.rundir import RunDirExists, check_replaceable, create_run_dir, data_paths
 from medpeft.engine.schedule import build_scheduler
+from medpeft.engine.step import method_penalties, training_loss
 from medpeft.tasks.base import Task, make_task
 
 __all__ = ["NonFiniteLoss", "RunDirExists", "TrainResult", "log_fields", "train"]
@@ -54,7 +54,7 @@ class TrainResult:
 
 def log_fields(task: Task, cfg: Config) -> list[str]:
     """``log.csv`` columns: the task's loss terms, each configured method's penalty, the validation score."""
-    penalties = [m.penalty_name for n, _ in method_configs(cfg.adapters) if (m := get_method(n)).penalty]
+    penalties = [m.penalty_name for m in method_penalties(cfg)]
     return ["step", "epoch", "lr", "loss", *task.terms, *penalties, f"val_{task.metric}", "seconds"]
 
 
@@ -158,7 +158,7 @@ def train(
         expected=resume_record["base_model"] if resume_record else None,
     )
     optimizer = build_optimizer(cfg, model)
-    penalties = [m for n, _ in method_configs(cfg.adapters) if (m := get_method(n)).penalty is not None]
+    penalties = method_penalties(cfg)
     fields = log_fields(task, cfg)
     val_key = f"val_{task.metric}"
 
@@ -264,12 +264,9 @@ def train(
             if step - epoch * steps_per_epoch >= steps_per_epoch:
                 break
             with accelerator.accumulate(model):
-                loss, terms = task.loss(model, batch, step, micro)
-                for method in penalties:
-                    penalty = method.penalty(accelerator.unwrap_model(model))
-                    if penalty.requires_grad:
-                        loss = loss + penalty
-                        terms[method.penalty_name] = float(penalty.detach())
+                loss, terms = training_loss(
+                    task, penalties, model, batch, step, micro, accelerator.unwrap_model(model)
+                )
                 if not torch.isfinite(loss):
                     raise stop(f"the loss became {loss.item()} (terms {terms})")
                 accelerator.backward(loss)

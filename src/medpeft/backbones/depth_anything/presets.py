@@ -2,6 +2,7 @@
 
 - ``depth-anything-tiny``: width 32, 4 blocks, for tests (well under a second per step at 56x56).
 - ``depth-anything-mini``: width 192, 6 blocks, 3 heads, trainable on a CPU at 252x252.
+- ``depth-anything-v2-small|base|large``: the published architectures, random init (benchmarks).
 Append ``-metric`` for a metric head (sigmoid x ``max_depth``, 10 m) instead of relative disparity.
 The published models come from the hub (``depth-anything/Depth-Anything-V2-*-hf``) or original
 ``.pth`` files (:func:`medpeft.backbones.depth_anything.convert.depth_anything_config_from_original`).
@@ -32,7 +33,13 @@ _ARCH: dict[str, dict[str, Any]] = {
     },
 }
 METRIC_MAX_DEPTH = 10
-PRESET_NAMES: tuple[str, ...] = tuple(n + s for n in _ARCH for s in ("", "-metric"))
+# the published Depth-Anything-V2 architectures, random init (benchmarks; weights from the hub or .pth)
+PUBLISHED: dict[str, str] = {
+    "depth-anything-v2-small": "vits",
+    "depth-anything-v2-base": "vitb",
+    "depth-anything-v2-large": "vitl",
+}
+PRESET_NAMES: tuple[str, ...] = tuple(n + s for n in (*_ARCH, *PUBLISHED) for s in ("", "-metric"))
 
 
 def preset_config(name: str) -> DepthAnythingConfig:
@@ -40,6 +47,10 @@ def preset_config(name: str) -> DepthAnythingConfig:
     if name not in PRESET_NAMES:
         raise ValueError(f"unknown Depth Anything preset {name!r}; valid presets: {', '.join(PRESET_NAMES)}")
     metric = name.endswith("-metric")
+    if name.removesuffix("-metric") in PUBLISHED:
+        from .convert import depth_anything_config_from_original
+
+        return depth_anything_config_from_original(PUBLISHED[name.removesuffix("-metric")], metric=metric)
     arch = _ARCH[name.removesuffix("-metric")]
     backbone = Dinov2Config(
         hidden_size=arch["width"],

@@ -21,6 +21,8 @@ from transformers import (
     Sam2VisionConfig,
 )
 
+from medpeft.backbones.sam2.presets import check_image_size
+
 # Video-only parts of SAM2Base that the image-only Sam2Model has no module for.
 DROPPED_PREFIXES: tuple[str, ...] = (
     "memory_attention",
@@ -208,12 +210,7 @@ def sam2_config_from_original(name: str, image_size: int = 1024) -> Sam2Config:
     """Build the ``Sam2Config`` of a SAM2.1 checkpoint (transformers has no converter to take it from)."""
     if name not in _HIERA:
         raise ValueError(f"unknown SAM2.1 variant {name!r}; expected one of {sorted(_HIERA)}")
-    if image_size <= 0 or image_size % 32:
-        lower, upper = image_size // 32 * 32, image_size // 32 * 32 + 32
-        nearest = f"{lower} or {upper}" if lower > 0 else f"{max(upper, 32)}"
-        raise ValueError(
-            f"image_size must be a positive multiple of 32, got {image_size}; nearest valid: {nearest}"
-        )
+    check_image_size(image_size)
     h = _HIERA[name]
     dims = [h["embed_dim"] * 2**i for i in range(4)]
     backbone = Sam2HieraDetConfig(

@@ -2,7 +2,8 @@
 
 - ``sam2-tiny``: a toy Hiera (4 stages of 1-2 blocks, widths 16-128) for tests (seconds per step).
 - ``sam2-mini``: trainable on a 2-core CPU at 256x256 (Hiera widths 48-384, 7 blocks; decoder 128).
-- the published SAM2.1 architectures come from the hub (``facebook/sam2.1-hiera-*``) or from original
+- ``sam2.1-hiera-tiny|small|base-plus|large``: the published architectures, random init (benchmarks);
+  their weights come from the hub (``facebook/sam2.1-hiera-*``) or from original
   checkpoints (:func:`medpeft.backbones.sam2.convert.sam2_config_from_original`).
 
 Hiera downsamples by 4, 8, 16 and 32, so the image size is a multiple of 32; the FPN feature sizes
@@ -53,7 +54,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
 }
-PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)
+# the published SAM2.1 architectures, random init (for benchmarks; weights come from the hub or .pt files)
+PUBLISHED: dict[str, str] = {
+    "sam2.1-hiera-tiny": "tiny",
+    "sam2.1-hiera-small": "small",
+    "sam2.1-hiera-base-plus": "base_plus",
+    "sam2.1-hiera-large": "large",
+}
+PRESET_NAMES: tuple[str, ...] = (*PRESETS, *PUBLISHED)
 
 
 def check_image_size(image_size: int) -> int:
@@ -75,6 +83,10 @@ def with_image_size(config: Sam2Config, image_size: int) -> Sam2Config:
 
 def preset_config(name: str, image_size: int = 256) -> Sam2Config:
     """The `Sam2Config` of preset ``name`` at ``image_size`` (a multiple of 32)."""
+    if name in PUBLISHED:
+        from .convert import sam2_config_from_original
+
+        return with_image_size(sam2_config_from_original(PUBLISHED[name], image_size), image_size)
     if name not in PRESETS:
         raise ValueError(f"unknown SAM2 preset {name!r}; valid presets: {', '.join(PRESET_NAMES)}")
     from transformers.models.sam2.configuration_sam2 import Sam2HieraDetConfig, Sam2VisionConfig
