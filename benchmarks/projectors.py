@@ -178,7 +178,7 @@ TRAIN_RUNS: tuple[tuple[str, str | None], ...] = (
     ("galore-svd", "svd"),
     ("galore-srft", "srft"),
 )
-ATTN_TARGET = r"vision_encoder\.layers\.\d+\.attn\.(qkv|proj)\.weight$"
+ATTN_TARGET = "attn"  # the backbone's attention projections (symbolic target)
 DEFAULT_TRAIN_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "kvasir-seg"
 
 
@@ -258,17 +258,17 @@ def _train_config(
 
 def _state_sizes(cfg: Any, labels: list[str]) -> dict[str, int]:
     """State numbers (all trainable tensors, and the GaLore-covered matrices alone) vs plain AdamW."""
-    from medpeft.engine.build import build_model, build_optimizer
-    from medpeft.optim import adamw_state_numel, optimizer_state_numel
+    from medpeft.adapters.targets import weight_pattern
+    from medpeft.engine.build import build_model
+    from medpeft.engine.report import optimizer_state_sizes
 
     model, _ = build_model(cfg, labels)
-    optimizer = build_optimizer(cfg, model)
-    adamw = adamw_state_numel([p for p in model.parameters() if p.requires_grad])
-    state = optimizer_state_numel(optimizer) if cfg.optimizer.name == "galore_adamw" else adamw
+    state, adamw, optimizer = optimizer_state_sizes(model, cfg)
     covered = [p for g in optimizer.param_groups if g.get("galore") for p in g["params"]]
     rank = cfg.optimizer.rank if covered else None
     if not covered:  # AdamW: the same matrices GaLore would cover, for comparison
-        covered = [p for n, p in model.named_parameters() if p.requires_grad and re.search(ATTN_TARGET, n)]
+        attn = weight_pattern(model, ATTN_TARGET, "benchmark")
+        covered = [p for n, p in model.named_parameters() if p.requires_grad and re.search(attn, n)]
     return {
         "state": state,
         "adamw": adamw,

@@ -95,7 +95,7 @@ def main() -> None:
     (args.out / f"{NAME}.json").write_text(json.dumps(manifest, indent=2))  # the loader reads it below
 
     model, identity = load_sam(NAME, cfg.model.image_size)
-    manifest["weights_sha256"] = identity["sha256"]
+    manifest["weights_sha256"] = identity.sha256
     manifest["parameters"] = sum(p.numel() for p in model.parameters())
 
     # per-source validation Dice with the run's model, its SAM weights rounded as shipped

@@ -36,10 +36,10 @@ def stand_in(tmp_path: Path, monkeypatch) -> Path:
 
 def test_bundled_base_loads_as_pretrained_float32(stand_in: Path) -> None:
     model, identity = load_sam("sam-mini-med", 64)
-    assert identity["kind"] == "bundled" and identity["random_init"] is False
+    assert identity.kind == "bundled" and identity.random_init is False
     assert all(p.dtype == torch.float32 for p in model.parameters())
     again, identity2 = load_sam("sam-mini-med", 64)
-    assert identity2["sha256"] == identity["sha256"]  # the same weights every time, unlike a preset
+    assert identity2.sha256 == identity.sha256  # the same weights every time, unlike a preset
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "missing", "manifest"])
@@ -101,7 +101,7 @@ def test_shipped_foundation_matches_its_model_card(tmp_path: Path) -> None:
     weights = SHIPPED / manifest["file"]
     assert weights.stat().st_size <= 10 * 2**20
     model, identity = load_sam("sam-mini-med", manifest["image_size"])
-    assert identity["sha256"] == manifest["weights_sha256"]
+    assert identity.sha256 == manifest["weights_sha256"]
     assert sum(p.numel() for p in model.parameters()) == manifest["parameters"] == 4_077_056
     card = (SHIPPED / "MODEL_CARD.md").read_text()
     assert f"{manifest['parameters']:,} parameters" in card and manifest["sha256"] in card
@@ -147,7 +147,7 @@ def test_every_method_trains_on_the_bundled_base(stand_in: Path, adapters: list[
 
     cfg = parse_config({"model": {"base": "sam-mini-med", "image_size": 64}, "adapters": adapters})
     model, identity = build_model(cfg, ["a", "b"])
-    assert identity["kind"] == "bundled"
+    assert identity.kind == "bundled"
     boxes = torch.tensor([[[4.0, 4.0, 40.0, 40.0], [10.0, 10.0, 60.0, 50.0]]])
     logits = model(torch.randn(1, 3, 64, 64), Prompts(boxes=boxes, class_ids=torch.arange(2)[None]))
     logits.mean().backward()

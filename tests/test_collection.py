@@ -190,7 +190,7 @@ def test_foundation_style_training_on_a_collection_gives_a_loadable_base(tmp_pat
     merge_checkpoint(result.run_dir, tmp_path / "base")
     sam, identity = load_sam(str(tmp_path / "base"), 64)
     fresh, _ = load_sam("sam-tiny", 64)
-    assert identity["kind"] != "preset"
+    assert identity.kind != "preset"
     changed = [n for n, p in sam.state_dict().items() if not torch.equal(p, fresh.state_dict()[n])]
     assert any("vision_encoder" in n for n in changed) and any("mask_decoder" in n for n in changed)
 

@@ -391,7 +391,9 @@ def test_dataset_items(tmp_path: Path) -> None:
 
 def test_dataset_eval_prompts_deterministic(tmp_path: Path) -> None:
     records, labels = read_dataset(make_folder(tmp_path / "ds"))
-    ds = SegmentationDataset(records, labels, image_size=60, resize="resize", prompt_mode="eval", cache=False)
+    ds = SegmentationDataset(
+        records, labels, image_size=60, resize="resize", prompt_sampling="eval", cache=False
+    )
     item = ds[0]
     ds.set_epoch(5)
     assert torch.equal(ds[0]["points"], item["points"]) and torch.equal(ds[0]["boxes"], item["boxes"])
@@ -399,8 +401,8 @@ def test_dataset_eval_prompts_deterministic(tmp_path: Path) -> None:
     assert item["masks"][0, y, x] == 1
     box = item["boxes"][0].tolist()
     assert box == mask_to_box(item["masks"][0].numpy() > 0).tolist()
-    with pytest.raises(ValueError, match="prompt_mode"):
-        SegmentationDataset(records, labels, prompt_mode="bogus")
+    with pytest.raises(ValueError, match="prompt_sampling"):
+        SegmentationDataset(records, labels, prompt_sampling="bogus")
 
 
 # ----------------------------------------------------------------------------- volumes and demo data

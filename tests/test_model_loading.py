@@ -169,8 +169,8 @@ def test_preset_load_is_seeded_and_identified() -> None:
     model, ident = load_sam("sam-tiny", image_size=64)
     torch.manual_seed(0)
     _, again = load_sam("sam-tiny", image_size=64)
-    assert ident == again and ident["kind"] == "preset" and ident["random_init"] is True
-    assert set(ident) == {"source", "kind", "image_size", "sha256", "random_init"}
+    assert ident == again and ident.kind == "preset" and ident.random_init is True
+    assert set(ident.to_json()) == {"source", "kind", "image_size", "sha256", "random_init", "backbone", "seed"}
     pe = model.prompt_encoder.shared_embedding.positional_embedding
     assert pe is model.shared_image_embedding.positional_embedding and pe.std() < 3
     assert torch.isfinite(_logits(model, 64)).all()
@@ -275,8 +275,8 @@ def test_local_directory_round_trip(tmp_path: Path) -> None:
     saved.save_pretrained(tmp_path)
     model, ident = load_sam(str(tmp_path), image_size=256)
     _, again = load_sam(str(tmp_path), image_size=256)
-    assert ident == again and ident["kind"] == "local" and ident["random_init"] is False
-    assert ident["sha256"] == weights_sha256(model)
+    assert ident == again and ident.kind == "local" and ident.random_init is False
+    assert ident.sha256 == weights_sha256(model)
     assert model.vision_encoder.pos_embed.shape == (1, 16, 16, 32)
     assert model.vision_encoder.layers[1].attn.rel_pos_h.shape == (31, 16)
     assert torch.equal(
@@ -292,7 +292,7 @@ def test_pth_original_format(tmp_path: Path, wrap: bool) -> None:
     path = tmp_path / ("medsam.pth" if wrap else "sam.pt")
     torch.save({"model": orig} if wrap else {f"module.{k}": v for k, v in orig.items()}, path)
     model, ident = load_sam(str(path), image_size=256)
-    assert ident["kind"] == "pth" and ident["image_size"] == 256 and not ident["random_init"]
+    assert ident.kind == "pth" and ident.image_size == 256 and not ident.random_init
     assert torch.equal(model.vision_encoder.neck.conv2.weight, orig["image_encoder.neck.2.weight"])
     pooled = F.avg_pool2d(orig["image_encoder.pos_embed"].permute(0, 3, 1, 2), 4).permute(0, 2, 3, 1)
     assert torch.allclose(model.vision_encoder.pos_embed, pooled)

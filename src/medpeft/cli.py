@@ -269,7 +269,7 @@ def info(
         labels = cfg.data.labels or _labels_from_data(cfg) or ["foreground"]
         model, identity = build_model(cfg, labels)
     typer.echo(
-        f"base: {identity['source']} ({identity['kind']}{', random init' if identity.get('random_init') else ''}), "
+        f"base: {identity.source} ({identity.kind}{', random init' if identity.random_init else ''}), "
         f"input {cfg.model.image_size}x{cfg.model.image_size}, labels: {labels}"
     )
     typer.echo(parameter_report(model, cfg))

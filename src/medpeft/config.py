@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medpeft.adapters.registry import get_method
+from medpeft.data.transforms import AugmentConfig
 
 
 class ConfigError(ValueError):
@@ -52,25 +53,6 @@ class ModelConfig(_Strict):
         # resolved in place (an assignment would re-run this validator)
         self.__dict__.update(backbone=backbone.name, image_size=size)
         return self
-
-
-class AugmentConfig(_Strict):
-    """Probabilities (``*_p``) and strengths of each augmentation (mirrors ``medpeft.data.transforms``).
-
-    Left/right flips swap anatomy: keep ``hflip_p`` at 0 for labels such as ``kidney_left``.
-    """
-
-    hflip_p: float = Field(0.5, ge=0, le=1)
-    vflip_p: float = Field(0.0, ge=0, le=1)
-    rot90_p: float = Field(0.0, ge=0, le=1)
-    rotate_p: float = Field(0.0, ge=0, le=1)
-    rotate_max_deg: float = 15.0
-    brightness_p: float = Field(0.3, ge=0, le=1)
-    brightness_max: float = 0.1
-    contrast_p: float = Field(0.3, ge=0, le=1)
-    contrast_max: float = 0.2
-    gamma_p: float = Field(0.0, ge=0, le=1)
-    gamma_max: float = 0.2
 
 
 class SourceConfig(_Strict):

@@ -14,6 +14,8 @@ from typing import Any
 
 from torch import nn
 
+from medpeft.backbones.identity import BaseIdentity
+
 # Symbolic target names every backbone maps to regexes over its module (or parameter) names.
 # qkv/q/v/attn_out/attn/mlp/all: encoder linear layers; blocks: the block prefix with the block index
 # as group 1, in forward order; pos_embed: parameter names; encoder_norms: LayerNorm modules of the
@@ -40,15 +42,14 @@ TARGET_NAMES: tuple[str, ...] = (
 class Backbone:
     """One registered backbone family.
 
-    ``load(source, image_size) -> (base, identity)``: the base model and its identity record
-    (source, kind, image_size, sha256, random_init); ``wrap(base, label_names, class_prompt)``: the
+    ``load(source, image_size) -> (base, identity)``: the base model and its :class:`BaseIdentity`; ``wrap(base, label_names, class_prompt)``: the
     task model (a segmenter or a depth model) exposing ``target_table``; ``claims(source)``: whether
     a ``model.base`` value belongs to this family (preset names, hub-id prefixes, saved configs).
     """
 
     name: str
     task: str
-    load: Callable[[str, int], tuple[nn.Module, dict[str, Any]]]
+    load: Callable[[str, int], tuple[nn.Module, BaseIdentity]]
     wrap: Callable[..., nn.Module]
     check_size: Callable[[int], int]
     claims: Callable[[str], bool]

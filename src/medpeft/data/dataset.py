@@ -22,7 +22,7 @@ from .transforms import (
     valid_region,
 )
 
-PROMPT_MODES = ("train", "eval")
+PROMPT_SAMPLING = ("train", "eval")  # random prompts for training, deterministic ones for evaluation
 CACHE_AUTO_LIMIT = 2000
 
 
@@ -40,7 +40,7 @@ class SegmentationDataset(Dataset):
     collections with many labels); ``class_ids`` says which label each slot is, and slots beyond
     the image's labels are padding with ``class_valid`` False.
 
-    ``prompt_mode="train"`` samples prompts (jittered box, random points) from a generator seeded
+    ``prompt_sampling="train"`` samples prompts (jittered box, random points) from a generator seeded
     by (seed, epoch, index), so call :meth:`set_epoch` each epoch (use non-persistent DataLoader
     workers so they see it); ``"eval"`` gives the tight box and the centre point. Augmentation
     (``augment``: :class:`AugmentConfig` fields, or None for none) runs after resizing; padding is
@@ -56,7 +56,7 @@ class SegmentationDataset(Dataset):
         resize: str = "longest_pad",
         normalize: str = "sam",
         augment: dict[str, Any] | AugmentConfig | None = None,
-        prompt_mode: str = "train",
+        prompt_sampling: str = "train",
         box_jitter: float = 0.1,
         n_pos_points: int = 1,
         n_neg_points: int = 0,
@@ -69,8 +69,10 @@ class SegmentationDataset(Dataset):
             raise ValueError(f"unknown resize {resize!r}; expected one of {RESIZE_MODES}")
         if normalize not in NORMALIZE_MODES:
             raise ValueError(f"unknown normalize {normalize!r}; expected one of {NORMALIZE_MODES}")
-        if prompt_mode not in PROMPT_MODES:
-            raise ValueError(f"unknown prompt_mode {prompt_mode!r}; expected one of {PROMPT_MODES}")
+        if prompt_sampling not in PROMPT_SAMPLING:
+            raise ValueError(
+                f"unknown prompt_sampling {prompt_sampling!r}; expected one of {PROMPT_SAMPLING}"
+            )
         if n_pos_points < 0 or n_neg_points < 0:
             raise ValueError("n_pos_points and n_neg_points must be >= 0")
         self.records = list(records)
@@ -79,7 +81,7 @@ class SegmentationDataset(Dataset):
         self.resize = resize
         self.normalize = normalize
         self.augment = None if augment is None else AugmentConfig.from_dict(augment)
-        self.prompt_mode = prompt_mode
+        self.prompt_sampling = prompt_sampling
         self.box_jitter = box_jitter
         self.box_jitter_px = box_jitter_px
         self.n_pos_points = n_pos_points
@@ -162,7 +164,7 @@ class SegmentationDataset(Dataset):
         }
 
     def _rng(self, index: int) -> np.random.Generator:
-        if self.prompt_mode == "train":
+        if self.prompt_sampling == "train":
             return np.random.default_rng([self.seed, self.epoch, index])
         return np.random.default_rng([self.seed, index])
 
@@ -183,7 +185,7 @@ class SegmentationDataset(Dataset):
         points = np.zeros((c, n, 2), np.float32)
         point_labels = np.full((c, n), -1, np.int64)
         for k in range(c):
-            if self.prompt_mode == "train":
+            if self.prompt_sampling == "train":
                 p = train_prompts(
                     masks[k],
                     rng,

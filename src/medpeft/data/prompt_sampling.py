@@ -14,8 +14,9 @@ from scipy import ndimage
 
 
 @dataclass
-class Prompts:
-    """The prompts of one mask."""
+class MaskPrompt:
+    """The prompts derived from one mask, as arrays; the dataset stacks them into the batch fields that
+    :class:`medpeft.models.prompts.Prompts` (the model's per-batch, per-class prompts) is read from."""
 
     box: np.ndarray  # float32 [4]
     box_valid: bool
@@ -124,13 +125,13 @@ def train_prompts(
     box_jitter: float = 0.1,
     box_jitter_px: float = 20.0,
     region: np.ndarray | None = None,
-) -> Prompts:
+) -> MaskPrompt:
     """Random prompts: jittered box and uniformly sampled points."""
     box, valid = tight_box(mask)
     if valid and box_jitter > 0:
         box = jitter_box(box, rng, box_jitter, box_jitter_px, mask.shape)
     points, labels = sample_points(mask, rng, n_pos, n_neg, region)
-    return Prompts(box, valid, points, labels)
+    return MaskPrompt(box, valid, points, labels)
 
 
 def eval_prompts(
@@ -139,10 +140,10 @@ def eval_prompts(
     n_pos: int = 1,
     n_neg: int = 0,
     region: np.ndarray | None = None,
-) -> Prompts:
+) -> MaskPrompt:
     """Deterministic prompts: tight box, centre point first; further points from ``rng`` (seed it fixed)."""
     box, valid = tight_box(mask)
     points, labels = sample_points(mask, rng, n_pos, n_neg, region)
     if valid and n_pos > 0:
         points[0] = center_point(mask)
-    return Prompts(box, valid, points, labels)
+    return MaskPrompt(box, valid, points, labels)

@@ -6,12 +6,12 @@ applied identically to the image and its masks (bilinear for the image, nearest 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from scipy import ndimage
 
 # SAM's pixel_mean / pixel_std (ImageNet statistics on the 0-255 scale).
@@ -157,23 +157,24 @@ def normalize(image: np.ndarray, mode: str = "sam") -> np.ndarray:
 # ----------------------------------------------------------------------------- augmentation
 
 
-@dataclass
-class AugmentConfig:
-    """Probabilities (``*_p``) and strengths of each augmentation; all off except horizontal flip.
+class AugmentConfig(BaseModel):
+    """Probabilities (``*_p``) and strengths of each augmentation (the config's ``data.augment``).
 
-    Left/right flips swap anatomy: leave ``hflip_p`` at 0 for labels such as ``kidney_left``.
+    Left/right flips swap anatomy: keep ``hflip_p`` at 0 for labels such as ``kidney_left``.
     """
 
-    hflip_p: float = 0.5
-    vflip_p: float = 0.0
-    rot90_p: float = 0.0
-    rotate_p: float = 0.0
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    hflip_p: float = Field(0.5, ge=0, le=1)
+    vflip_p: float = Field(0.0, ge=0, le=1)
+    rot90_p: float = Field(0.0, ge=0, le=1)
+    rotate_p: float = Field(0.0, ge=0, le=1)
     rotate_max_deg: float = 15.0
-    brightness_p: float = 0.0
+    brightness_p: float = Field(0.3, ge=0, le=1)
     brightness_max: float = 0.1  # additive shift, fraction of the 0-255 range
-    contrast_p: float = 0.0
+    contrast_p: float = Field(0.3, ge=0, le=1)
     contrast_max: float = 0.2  # factor in [1 - c, 1 + c] around the mean
-    gamma_p: float = 0.0
+    gamma_p: float = Field(0.0, ge=0, le=1)
     gamma_max: float = 0.2  # exponent in [1 / (1 + g), 1 + g]
 
     @classmethod
@@ -186,7 +187,7 @@ class AugmentConfig:
         """
         if isinstance(cfg, AugmentConfig):
             return cfg
-        names = [f.name for f in fields(cls)]
+        names = list(cls.model_fields)
         kwargs: dict[str, Any] = {}
         for key, value in (cfg or {}).items():
             if key == "intensity":

@@ -12,6 +12,7 @@ from medpeft.adapters.registry import get_method
 from medpeft.adapters.targets import weight_pattern
 from medpeft.backbones import get_backbone
 from medpeft.backbones.hub import weights_sha256
+from medpeft.backbones.identity import BaseIdentity
 from medpeft.config import Config, ConfigError, method_configs
 from medpeft.tasks.base import Splits
 from medpeft.tasks.segmentation import build_dataset, build_splits
@@ -45,17 +46,17 @@ def configured_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn
     return build_class_prompt(label_names, dim, encoder)
 
 
-def load_base(cfg: Config) -> tuple[nn.Module, dict[str, Any]]:
+def load_base(cfg: Config) -> tuple[nn.Module, BaseIdentity]:
     """Load the configured backbone's base model (never falls back to another); presets follow the seed."""
     backbone = get_backbone(str(cfg.model.backbone))
     torch.manual_seed(cfg.train.seed)
     base, identity = backbone.load(cfg.model.base, int(cfg.model.image_size))
-    return base, dict(identity, seed=cfg.train.seed, backbone=backbone.name)
+    return base, identity.with_seed(cfg.train.seed)
 
 
 def build_model(
-    cfg: Config, label_names: list[str], expected: dict[str, Any] | None = None
-) -> tuple[nn.Module, dict[str, Any]]:
+    cfg: Config, label_names: list[str], expected: BaseIdentity | None = None
+) -> tuple[nn.Module, BaseIdentity]:
     """Base model, wrapped for its task (+ class prompt), with the adaptation methods applied and
     exactly the intended tensors trainable.
 
@@ -107,14 +108,12 @@ def merge_methods(model: nn.Module, cfg: Config) -> nn.Module:
     return model
 
 
-def make_record(
-    cfg: Config, identity: dict[str, Any], label_names: list[str], **extra: Any
-) -> dict[str, Any]:
+def make_record(cfg: Config, identity: BaseIdentity, label_names: list[str], **extra: Any) -> dict[str, Any]:
     """The JSON record stored beside every adapter file."""
     return {
         "format": "medpeft-adapter",
         "medpeft_version": __version__,
-        "base_model": identity,
+        "base_model": identity.to_json(),
         "methods": [{"name": n, **c.model_dump(mode="json")} for n, c in method_configs(cfg.adapters)],
         "backbone": cfg.model.backbone,
         "task": cfg.task,
@@ -126,18 +125,12 @@ def make_record(
     }
 
 
-def check_base_identity(base: nn.Module, identity: dict[str, Any]) -> None:
+def check_base_identity(base: nn.Module, identity: BaseIdentity) -> None:
     """Refuse to apply an adapter to different base weights than it was trained on."""
-    expected = identity.get("sha256")
-    if not expected:
-        raise ConfigError(
-            f"the adapter's record of base model {identity.get('source')!r} has no weights hash; "
-            "it cannot be verified against the base"
-        )
-    actual = weights_sha256(base)
+    actual, expected = weights_sha256(base), identity.sha256
     if actual != expected:
         raise ConfigError(
-            f"base model {identity.get('source')!r} has weights hash {actual[:12]}..., but the adapter was trained "
+            f"base model {identity.source!r} has weights hash {actual[:12]}..., but the adapter was trained "
             f"on {expected[:12]}...; load the same base weights"
         )
 

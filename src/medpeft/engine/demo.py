@@ -44,9 +44,9 @@ def run_demo(
     base_model, identity = build_model(cfg, splits.label_names)
     dataset = build_dataset(cfg, splits.test, splits.label_names, train=False)
     print(
-        f"[medpeft] demo base: {identity['source']} ({identity['kind']}); zero-shot on {len(dataset)} test slices"
+        f"[medpeft] demo base: {identity.source} ({identity.kind}); zero-shot on {len(dataset)} test slices"
     )
-    summary: dict[str, Any] = {"base_model": identity["source"], "base_kind": identity["kind"]}
+    summary: dict[str, Any] = {"base_model": identity.source, "base_kind": identity.kind}
     with tempfile.TemporaryDirectory(prefix="medpeft-demo-") as tmp:  # the run folder does not exist yet
         staging = Path(tmp)
         for mode in MODES:
@@ -65,10 +65,8 @@ def run_demo(
         summary[f"test_dice_{mode}"] = s["mean"]["dice"]
         summary[f"test_dice_{mode}_per_class"] = {n: c["dice"] for n, c in s["per_class"].items()}
     summary["dice_gain_box"] = summary["test_dice_box"] - summary["zero_shot_dice_box"]
-    if identity.get("random_init"):
-        summary["note"] = (
-            f"RANDOM-INIT base ({identity['source']}): these numbers are not a pretrained model's"
-        )
+    if identity.random_init:
+        summary["note"] = f"RANDOM-INIT base ({identity.source}): these numbers are not a pretrained model's"
     summary["report"] = str(write_report(output))
     summary["pictures"] = [str(output / "curves.png"), str(output / "eval-test-box" / "overlays")]
     return summary

@@ -17,7 +17,7 @@ from medpeft.backbones.sam.segmenter import SamSegmenter
 from medpeft.data.dataset import SegmentationDataset
 from medpeft.data.readers import load_image, load_masks
 from medpeft.data.transforms import undo_resize
-from medpeft.metrics import assd_per_class, dice_per_class, hd95_per_class, iou_per_class
+from medpeft.metrics import assd_per_class, dice_per_class, hd95_per_class, iou_per_class, summarize
 from medpeft.tasks.segmentation_eval import predict_batches
 from medpeft.viz import save_overlay
 
@@ -139,24 +139,26 @@ def _any_spacing(dataset: SegmentationDataset) -> bool:
 
 
 def summarize_rows(rows: list[dict[str, Any]], labels: list[str], mode: str, units: str) -> dict[str, Any]:
-    """Per-class mean/std of each metric (NaN-aware), and the mean over classes."""
-    per_class: dict[str, dict[str, Any]] = {}
-    for name in labels:
-        sel = [r for r in rows if r["label"] == name]
-        per_class[name] = {"n": len(sel)}
-        for m in METRICS:
-            vals = np.array([r[m] for r in sel if m in r], dtype=np.float64)
-            finite = vals[np.isfinite(vals)]
-            per_class[name][m] = float(finite.mean()) if finite.size else math.nan
-            per_class[name][f"{m}_std"] = float(finite.std()) if finite.size else math.nan
+    """Per-class mean/std of each metric over images (non-finite values left out), and the mean over
+    classes, through :func:`medpeft.metrics.summarize` on an [images, classes] table per metric."""
+    images = sorted({r["image"] for r in rows})
+    row_of, col_of = {im: i for i, im in enumerate(images)}, {n: j for j, n in enumerate(labels)}
+    per_class: dict[str, dict[str, Any]] = {n: {"n": sum(r["label"] == n for r in rows)} for n in labels}
     mean = {}
     for m in METRICS:
-        vals = np.array([per_class[n][m] for n in labels], dtype=np.float64)
-        vals = vals[np.isfinite(vals)]
-        mean[m] = float(vals.mean()) if vals.size else math.nan
+        table = np.full((len(images), len(labels)), np.nan)
+        for r in rows:
+            if m in r and math.isfinite(r[m]):
+                table[row_of[r["image"]], col_of[r["label"]]] = r[m]
+        stats = summarize(table, labels)
+        for name in labels:
+            c = stats["per_class"][name]
+            per_class[name][m] = math.nan if c["mean"] is None else c["mean"]
+            per_class[name][f"{m}_std"] = math.nan if c["std"] is None else c["std"]
+        mean[m] = math.nan if stats["mean"] is None else stats["mean"]
     return {
         "prompt_mode": mode,
-        "images": len({r["image"] for r in rows}),
+        "images": len(images),
         "distance_units": units,
         "per_class": per_class,
         "mean": mean,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from medpeft.adapters.targets import has_target, inside
@@ -65,14 +66,20 @@ def parameter_report(model: nn.Module, cfg: Config) -> str:
     return "\n".join(lines)
 
 
-def optimizer_report(model: nn.Module, cfg: Config) -> str:
-    """Optimizer state size (numbers) of the configured optimizer against plain AdamW's."""
+def optimizer_state_sizes(model: nn.Module, cfg: Config) -> tuple[int, int, torch.optim.Optimizer]:
+    """(state numbers of the configured optimizer, of plain AdamW, the optimizer) for the trainable tensors."""
     from medpeft.engine.build import build_optimizer
     from medpeft.optim import adamw_state_numel, optimizer_state_numel
 
     optimizer = build_optimizer(cfg, model)
     adamw = adamw_state_numel([p for p in model.parameters() if p.requires_grad])
     state = optimizer_state_numel(optimizer) if cfg.optimizer.name != "adamw" else adamw
+    return state, adamw, optimizer
+
+
+def optimizer_report(model: nn.Module, cfg: Config) -> str:
+    """Optimizer state size (numbers) of the configured optimizer against plain AdamW's."""
+    state, adamw, _ = optimizer_state_sizes(model, cfg)
     line = f"optimizer {cfg.optimizer.name}: state {state:,} numbers vs AdamW {adamw:,} ({100 * state / max(1, adamw):.1f}%)"
     if cfg.optimizer.name == "galore_adamw":
         line += f"; projector {cfg.optimizer.projector}, rank {cfg.optimizer.rank}, refresh every {cfg.optimizer.update_gap} steps"

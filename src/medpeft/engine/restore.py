@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from medpeft.backbones.identity import BaseIdentity
 from medpeft.backbones.sam.segmenter import SamSegmenter
 from medpeft.config import Config, parse_recorded_config
 from medpeft.engine import checkpoint as ckpt
@@ -20,8 +21,8 @@ def load_trained(path: Path | str, base: str | None = None) -> tuple[SamSegmente
     directory = ckpt.resolve_checkpoint(path)
     record = ckpt.read_record(directory)
     cfg = parse_recorded_config(record["config"], source=str(directory / ckpt.RECORD_FILE))
-    identity = record["base_model"]
-    cfg.model.base = base or identity["source"]
+    identity = BaseIdentity.from_json(record["base_model"], str(directory / ckpt.RECORD_FILE))
+    cfg.model.base = base or identity.source
     model, _ = build_model(cfg, record["label_names"], expected=identity)
     ckpt.load_adapter_tensors(model, directory, record)
     model.eval()

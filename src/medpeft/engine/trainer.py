@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from medpeft.backbones.identity import BaseIdentity
 from medpeft.config import Config, dump_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_model, build_optimizer, make_record
@@ -155,7 +156,7 @@ def train(
     model, identity = build_model(
         cfg,
         splits.label_names,
-        expected=resume_record["base_model"] if resume_record else None,
+        expected=BaseIdentity.from_json(resume_record["base_model"]) if resume_record else None,
     )
     optimizer = build_optimizer(cfg, model)
     penalties = method_penalties(cfg)

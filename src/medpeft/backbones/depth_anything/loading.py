@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 from transformers import DepthAnythingForDepthEstimation
 
@@ -14,8 +13,8 @@ from medpeft.backbones.hub import (
     from_local_dir,
     looks_like_path,
     read_torch_checkpoint,
-    weights_sha256,
 )
+from medpeft.backbones.identity import BaseIdentity
 
 from .convert import (
     METRIC_MAX_DEPTH,
@@ -56,7 +55,7 @@ def _load_original(path: Path) -> DepthAnythingForDepthEstimation:
 
 def load_depth_anything(
     source: str, image_size: int = 518
-) -> tuple[DepthAnythingForDepthEstimation, dict[str, Any]]:
+) -> tuple[DepthAnythingForDepthEstimation, BaseIdentity]:
     """Load a Depth Anything base and return ``(model, identity)`` (identity as :func:`load_sam`).
 
     The weights do not depend on the input size (DINOv2 interpolates its position table); ``image_size``
@@ -84,11 +83,5 @@ def load_depth_anything(
         )
     else:
         kind, model = "hub", from_hub(DepthAnythingForDepthEstimation.from_pretrained, source)
-    identity = {
-        "source": source,
-        "kind": kind,
-        "image_size": image_size,
-        "sha256": weights_sha256(model),
-        "random_init": kind == "preset",
-    }
+    identity = BaseIdentity.of(model, source, kind, image_size, "depth_anything")
     return model.eval(), identity

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -16,8 +15,8 @@ from medpeft.backbones.hub import (
     from_local_dir,
     looks_like_path,
     read_torch_checkpoint,
-    weights_sha256,
 )
+from medpeft.backbones.identity import BaseIdentity
 
 from .bundled import BUNDLED_NAMES, load_bundled_state_dict
 from .convert import (
@@ -67,7 +66,7 @@ def _load_pth(path: Path, image_size: int) -> SamModel:
     return _from_state_dict(sd, native, image_size)
 
 
-def load_sam(source: str, image_size: int = 256) -> tuple[SamModel, dict[str, Any]]:
+def load_sam(source: str, image_size: int = 256) -> tuple[SamModel, BaseIdentity]:
     """Load a SAM base model at ``image_size`` and return ``(model, identity)``.
 
     ``source`` is a preset name (random init from torch's current RNG), a foundation bundled with the
@@ -107,11 +106,5 @@ def load_sam(source: str, image_size: int = 256) -> tuple[SamModel, dict[str, An
     else:
         native = from_hub(SamModel.from_pretrained, source)
         kind, model = "hub", _from_state_dict(native.state_dict(), native.config, image_size)
-    identity = {
-        "source": source,
-        "kind": kind,
-        "image_size": image_size,
-        "sha256": weights_sha256(model),
-        "random_init": kind == "preset",
-    }
+    identity = BaseIdentity.of(model, source, kind, image_size, "sam")
     return model, identity

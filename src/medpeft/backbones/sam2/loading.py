@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -15,8 +14,8 @@ from medpeft.backbones.hub import (
     from_local_dir,
     looks_like_path,
     read_torch_checkpoint,
-    weights_sha256,
 )
+from medpeft.backbones.identity import BaseIdentity
 
 from .presets import PRESET_NAMES, check_image_size, preset_config, with_image_size
 
@@ -69,7 +68,7 @@ def _load_original(path: Path, image_size: int) -> Sam2Model:
     return model.eval()
 
 
-def load_sam2(source: str, image_size: int = 256) -> tuple[Sam2Model, dict[str, Any]]:
+def load_sam2(source: str, image_size: int = 256) -> tuple[Sam2Model, BaseIdentity]:
     """Load a SAM2 base at ``image_size`` and return ``(model, identity)`` (identity as :func:`load_sam`)."""
     check_image_size(image_size)
     path = Path(source).expanduser()
@@ -95,11 +94,5 @@ def load_sam2(source: str, image_size: int = 256) -> tuple[Sam2Model, dict[str, 
         )
     else:
         kind, model = "hub", _at_size(from_hub(Sam2Model.from_pretrained, source), image_size)
-    identity = {
-        "source": source,
-        "kind": kind,
-        "image_size": image_size,
-        "sha256": weights_sha256(model),
-        "random_init": kind == "preset",
-    }
+    identity = BaseIdentity.of(model, source, kind, image_size, "sam2")
     return model, identity

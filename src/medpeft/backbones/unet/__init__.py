@@ -7,13 +7,12 @@ its weights depend on the label count, so the "base" a U-Net loads is its archit
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from medpeft.backbones.hub import check_multiple, weights_sha256
+from medpeft.backbones.hub import check_multiple
+from medpeft.backbones.identity import BaseIdentity
 from medpeft.backbones.registry import Backbone, register_backbone
 from medpeft.models.prompts import Prompts
 
@@ -62,19 +61,13 @@ class UNetSegmenter(nn.Module):
         return next(self.parameters()).device
 
 
-def load_unet(source: str, image_size: int = 256) -> tuple[UNetArchitecture, dict[str, Any]]:
+def load_unet(source: str, image_size: int = 256) -> tuple[UNetArchitecture, BaseIdentity]:
     """The U-Net preset ``source`` (no pretrained U-Net exists: it trains from scratch)."""
     if source not in PRESETS:
         raise ValueError(f"unknown U-Net {source!r}; valid: {', '.join(PRESETS)}")
     arch = UNetArchitecture(PRESETS[source], image_size)
     check_multiple(image_size, 2 ** (len(arch.channels) - 1), "this U-Net")
-    identity = {
-        "source": source,
-        "kind": "preset",
-        "image_size": image_size,
-        "sha256": weights_sha256(arch),
-        "random_init": True,
-    }
+    identity = BaseIdentity.of(arch, source, "preset", image_size, "unet")
     return arch, identity
 
 
