@@ -48,3 +48,14 @@ def test_bad_files(tmp_path: Path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         load_config(None, ["train.lr"])
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).resolve().parents[1].glob("configs/**/*.yaml")), ids=lambda p: p.name
+)
+def test_shipped_configs_parse(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.model.backbone in ("sam", "sam2", "depth_anything", "unet") and cfg.task in (
+        "segmentation",
+        "depth",
+    )
