@@ -83,7 +83,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / f"{NAME}.safetensors"
     save_file(half, str(weights), metadata={"format": "medpeft-bundled", "name": NAME})
-    cfg = parse_recorded_config(record["config"])
+    cfg = parse_recorded_config(record.config)
     manifest = {
         "name": NAME,
         "file": weights.name,
@@ -105,7 +105,7 @@ def main() -> None:
     for i, source in enumerate(tcfg.data.sources or []):
         records, names = read_source(source)
         val = split_records(records, tcfg.data.split, seed=tcfg.data.seed + i)["val"]
-        ds = build_dataset(tcfg, val, rec["label_names"], train=False)
+        ds = build_dataset(tcfg, val, rec.label_names, train=False)
         s = evaluate(trained, ds, "box", progress=False)
         per_source[source_name(source)] = {
             "images": len(val),
@@ -115,9 +115,9 @@ def main() -> None:
         print(f"{source_name(source):<20} {len(val):>4} val images  Dice {s['mean']['dice']:.3f}")
     manifest["training"] = {
         "config": "configs/foundation_sam_mini_med.yaml",
-        "steps": record["step"],
-        "epochs": record["epoch"],
-        "best_val_dice_box": record.get("val_dice"),
+        "steps": record.step,
+        "epochs": record.epoch,
+        "best_val_dice_box": record.scores.get("val_dice"),
         "sources": per_source,
     }
     manifest["demo_zero_shot_dice_box"] = demo_zero_shot(cfg.model.image_size)

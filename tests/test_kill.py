@@ -134,12 +134,10 @@ def _check_pointers(run: Path) -> dict[str, int]:
         if target is None:
             continue
         record = ckpt.verify_checkpoint(target)
-        assert record["step"] == ckpt.step_of(target), (
-            f"{name}.json -> {target}: record of step {record['step']}"
-        )
+        assert record.step == ckpt.step_of(target), f"{name}.json -> {target}: record of step {record.step}"
         model, loaded, _ = load_trained(target)
-        assert loaded["step"] == record["step"] and any(p.requires_grad for p in model.parameters())
-        steps[name] = record["step"]
+        assert loaded.step == record.step and any(p.requires_grad for p in model.parameters())
+        steps[name] = record.step
     return steps
 
 

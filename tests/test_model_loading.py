@@ -170,7 +170,15 @@ def test_preset_load_is_seeded_and_identified() -> None:
     torch.manual_seed(0)
     _, again = load_sam("sam-tiny", image_size=64)
     assert ident == again and ident.kind == "preset" and ident.random_init is True
-    assert set(ident.to_json()) == {"source", "kind", "image_size", "sha256", "random_init", "backbone", "seed"}
+    assert set(ident.to_json()) == {
+        "source",
+        "kind",
+        "image_size",
+        "sha256",
+        "random_init",
+        "backbone",
+        "seed",
+    }
     pe = model.prompt_encoder.shared_embedding.positional_embedding
     assert pe is model.shared_image_embedding.positional_embedding and pe.std() < 3
     assert torch.isfinite(_logits(model, 64)).all()

@@ -20,9 +20,11 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import make_shapes_dataset, tiny_config_dict, train_killed_at_loss_call
+from medpeft.backbones.identity import BaseIdentity
 from medpeft.cli import app
 from medpeft.config import parse_config
 from medpeft.engine import checkpoint as ckpt
+from medpeft.engine.record import AdapterRecord
 from medpeft.engine.trainer import NonFiniteLoss, train
 from medpeft.tasks.segmentation_loss import SegmentationLoss
 
@@ -127,17 +129,23 @@ def test_01_non_finite_gradients_stop_before_the_step(
     assert ckpt.resolve_pointer(tmp_path / "run", "last").name == "step-000003"
 
 
+def _record(step: int) -> AdapterRecord:
+    """A minimal record for writing a checkpoint of a bare module."""
+    base = BaseIdentity("bare", "preset", 2, "0" * 64, True)
+    return AdapterRecord(base_model=base, label_names=[], config={}).at(step, 0)
+
+
 def test_01_a_checkpoint_never_holds_a_non_finite_tensor(tmp_path: Path) -> None:
     model = torch.nn.Linear(2, 2)
     with torch.no_grad():
         model.weight[0, 0] = float("nan")
     target = tmp_path / "run" / "checkpoints" / "step-000001"
     with pytest.raises(ckpt.NonFiniteCheckpoint, match="weight"):
-        ckpt.write_checkpoint(target, model, {"step": 1, "epoch": 0})
+        ckpt.write_checkpoint(target, model, _record(1))
     assert not (tmp_path / "run").exists()  # nothing at all was written
     model = torch.nn.Linear(2, 2)
     with pytest.raises(ckpt.NonFiniteCheckpoint, match="training state"):
-        ckpt.write_checkpoint(target, model, {"step": 1, "epoch": 0}, {"m": torch.tensor([float("inf")])})
+        ckpt.write_checkpoint(target, model, _record(1), {"m": torch.tensor([float("inf")])})
 
 
 # ----------------------------------------------------------------------------- 2. --overwrite
@@ -435,7 +443,7 @@ def test_14_a_named_checkpoint_is_never_rewritten_and_files_must_agree(run_copy:
     last = ckpt.resolve_pointer(run_copy, "last")
     before = snapshot(last)
     with pytest.raises(ckpt.CheckpointError, match="a pointer names it"):
-        ckpt.write_checkpoint(last, torch.nn.Linear(1, 1), {"step": 0, "epoch": 0})
+        ckpt.write_checkpoint(last, torch.nn.Linear(1, 1), _record(0))
     assert snapshot(last) == before
     previous = ckpt.previous_complete(run_copy, before=last)
     shutil.copy(previous / ckpt.STATE_FILE, last / ckpt.STATE_FILE)  # a state of another step

@@ -56,7 +56,7 @@ def evaluated_run(tmp_path_factory) -> Path:
     splits = build_splits(cfg)
     base, _ = build_model(cfg, splits.label_names)
     model, record, cfg = load_trained(root / "run")
-    dataset = build_dataset(cfg, splits.test + splits.val, record["label_names"], train=False)
+    dataset = build_dataset(cfg, splits.test + splits.val, record.label_names, train=False)
     evaluate(base.eval(), dataset, "box", root / "run" / "zero-shot-box", progress=False)
     evaluate(model, dataset, "box", root / "run" / "eval-test-box", progress=False)
     return root / "run"

@@ -233,7 +233,7 @@ def test_adapter_file_holds_only_ssam_tensors(text_run: tuple[TrainResult, SamSe
 def test_load_trained_reproduces_outputs_bit_for_bit(text_run: tuple[TrainResult, SamSegmenter]) -> None:
     result, live = text_run
     restored, record, _ = load_trained(result.run_dir)
-    assert record["label_names"] == ORGANS and record["class_prompt"] == "text"
+    assert record.label_names == ORGANS and record.class_prompt == "text"
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     boxes = torch.tensor([[8.0, 8.0, 40.0, 40.0]]).expand(2, 3, 4)
     with torch.no_grad():

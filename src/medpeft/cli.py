@@ -135,7 +135,7 @@ def evaluate(
         if cfg.task == "depth":
             return _evaluate_depth(model, cfg, checkpoint, data, split, out)
         splits = build_splits(cfg, data)
-        trained = record["label_names"]
+        trained = record.label_names
         _check_labels(splits.label_names, trained)
         records = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
         if not records:
@@ -249,7 +249,7 @@ def predict(
     if cfg.task == "depth":
         typer.echo(f"depth in {out}/depth ({report['depth_png']}), pictures in {out}/pictures")
     else:
-        typer.echo(f"masks in {out}/masks, overlays in {out}/overlays (labels: {record['label_names']})")
+        typer.echo(f"masks in {out}/masks, overlays in {out}/overlays (labels: {record.label_names})")
     if failed:
         raise typer.Exit(1)
 

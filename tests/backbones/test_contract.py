@@ -172,7 +172,7 @@ def test_contract(backbone: str, method: str, tmp_path, unused) -> None:
             p.add_(0.01 * torch.randn_like(p))  # as if trained
         model.eval()
         before = _forward(model, backbone, size)
-    record = make_record(cfg, identity, LABELS, step=1, epoch=0)
+    record = make_record(cfg, identity, LABELS).at(1, 0)
     directory = ckpt.write_checkpoint(tmp_path / "ckpt", model, record)
     fresh, _ = build_model(cfg, LABELS, expected=identity)
     ckpt.load_adapter_tensors(fresh, directory)

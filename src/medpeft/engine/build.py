@@ -7,13 +7,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from medpeft import __version__
 from medpeft.adapters.registry import get_method
 from medpeft.adapters.targets import weight_pattern
 from medpeft.backbones import get_backbone
 from medpeft.backbones.hub import weights_sha256
 from medpeft.backbones.identity import BaseIdentity
 from medpeft.config import Config, ConfigError, method_configs
+from medpeft.engine.record import AdapterRecord
 from medpeft.tasks.base import Splits
 from medpeft.tasks.segmentation import build_dataset, build_splits
 
@@ -108,21 +108,21 @@ def merge_methods(model: nn.Module, cfg: Config) -> nn.Module:
     return model
 
 
-def make_record(cfg: Config, identity: BaseIdentity, label_names: list[str], **extra: Any) -> dict[str, Any]:
-    """The JSON record stored beside every adapter file."""
-    return {
-        "format": "medpeft-adapter",
-        "medpeft_version": __version__,
-        "base_model": identity.to_json(),
-        "methods": [{"name": n, **c.model_dump(mode="json")} for n, c in method_configs(cfg.adapters)],
-        "backbone": cfg.model.backbone,
-        "task": cfg.task,
-        "image_size": cfg.model.image_size,
-        "label_names": label_names,
-        "class_prompt": cfg.model.class_prompt,
-        "config": cfg.model_dump(mode="json"),
-        **extra,
-    }
+def make_record(
+    cfg: Config, identity: BaseIdentity, label_names: list[str], parameters: dict[str, int] | None = None
+) -> AdapterRecord:
+    """The record stored beside every adapter file (step, epoch and scores are set per checkpoint)."""
+    return AdapterRecord(
+        base_model=identity,
+        label_names=list(label_names),
+        config=cfg.model_dump(mode="json"),
+        methods=[{"name": n, **c.model_dump(mode="json")} for n, c in method_configs(cfg.adapters)],
+        backbone=str(cfg.model.backbone),
+        task=str(cfg.task),
+        image_size=int(cfg.model.image_size),
+        class_prompt=cfg.model.class_prompt,
+        parameters=parameters or {},
+    )
 
 
 def check_base_identity(base: nn.Module, identity: BaseIdentity) -> None:

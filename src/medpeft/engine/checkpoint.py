@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from medpeft.engine.record import AdapterRecord, RecordError
+
 ADAPTER_FILE = "adapter.safetensors"
 RECORD_FILE = "adapter.json"
 STATE_FILE = "training_state.pt"
 RUN_MARKER = ".medpeft-run"
 POINTERS = ("last", "best")
-RECORD_KEYS = ("format", "base_model", "label_names", "config", "files", "step", "epoch")
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
 
@@ -106,11 +108,11 @@ def non_finite_tensors(tree: Any, prefix: str = "") -> list[str]:
 
 
 def write_checkpoint(
-    directory: Path, model: nn.Module, record: dict[str, Any], state: dict[str, Any] | None = None
+    directory: Path, model: nn.Module, record: AdapterRecord, state: dict[str, Any] | None = None
 ) -> Path:
     """Write a complete checkpoint to ``directory`` (a new folder; never one a pointer names).
 
-    ``record`` must carry ``step`` and ``epoch``; ``state`` (optimizer, scheduler, progress) is stored
+    ``record`` carries the step and epoch; ``state`` (optimizer, scheduler, progress) is stored
     beside the tensors for ``--resume``. Raises :class:`NonFiniteCheckpoint` before writing anything
     when a tensor is NaN or infinite.
     """
@@ -138,8 +140,8 @@ def write_checkpoint(
             with open(tmp / name, "rb+") as f:
                 os.fsync(f.fileno())
             hashes[name] = file_sha256(tmp / name)
-        full = dict(record, trainable={n: list(t.shape) for n, t in tensors.items()}, files=hashes)
-        atomic_write_json(tmp / RECORD_FILE, full)
+        full = replace(record, trainable={n: list(t.shape) for n, t in tensors.items()}, files=hashes)
+        atomic_write_json(tmp / RECORD_FILE, full.to_json())
         _fsync_dir(tmp)
         os.rename(tmp, directory)
     except BaseException:
@@ -149,8 +151,8 @@ def write_checkpoint(
     return directory
 
 
-def read_record(directory: Path) -> dict[str, Any]:
-    """The checkpoint's JSON record, checked for the keys every loader relies on."""
+def read_record(directory: Path) -> AdapterRecord:
+    """The checkpoint's record, checked for the keys every loader relies on."""
     path = directory / RECORD_FILE
     try:
         record = json.loads(path.read_text())
@@ -158,29 +160,20 @@ def read_record(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{directory} is not a medpeft checkpoint: {RECORD_FILE} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from None
-    if not isinstance(record, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(record).__name__}")
-    missing = [k for k in RECORD_KEYS if k not in record]
-    if missing:
-        raise CheckpointError(
-            f"{path} is not a complete medpeft checkpoint record: missing {', '.join(missing)} "
-            "(written by an older medpeft, or edited)"
-        )
-    base = record["base_model"]
-    if not isinstance(base, dict) or not base.get("sha256"):
-        raise CheckpointError(
-            f"{path}: base_model has no weights hash (sha256), so the base it needs cannot be verified"
-        )
-    if not isinstance(record["files"], dict) or ADAPTER_FILE not in record["files"]:
+    try:
+        parsed = AdapterRecord.from_json(record, str(path))
+    except (RecordError, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(str(e) if isinstance(e, ValueError) else f"{path}: {e!r}") from None
+    if ADAPTER_FILE not in parsed.files:
         raise CheckpointError(f"{path}: 'files' must hold the SHA-256 of {ADAPTER_FILE}")
-    return record
+    return parsed
 
 
-def verify_files(directory: Path, record: dict[str, Any], names: Iterable[str]) -> None:
+def verify_files(directory: Path, record: AdapterRecord, names: Iterable[str]) -> None:
     """Check that each named file exists and has the SHA-256 the record gives."""
     for name in names:
         path = directory / name
-        expected = record["files"].get(name)
+        expected = record.files.get(name)
         if expected is None:
             raise CheckpointError(f"{directory / RECORD_FILE} records no hash for {name}")
         if not path.is_file():
@@ -191,7 +184,7 @@ def verify_files(directory: Path, record: dict[str, Any], names: Iterable[str]) 
             )
 
 
-def load_adapter_tensors(model: nn.Module, directory: Path, record: dict[str, Any] | None = None) -> None:
+def load_adapter_tensors(model: nn.Module, directory: Path, record: AdapterRecord | None = None) -> None:
     """Load verified trained tensors into a model built and adapted as recorded; keys must match exactly."""
     record = record or read_record(directory)
     verify_files(directory, record, [ADAPTER_FILE])
@@ -216,7 +209,7 @@ def load_adapter_tensors(model: nn.Module, directory: Path, record: dict[str, An
             params[name].copy_(value)
 
 
-def load_training_state(directory: Path, record: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_training_state(directory: Path, record: AdapterRecord | None = None) -> dict[str, Any]:
     """The verified optimizer/scheduler/progress state; its step and epoch must match the record's."""
     record = record or read_record(directory)
     verify_files(directory, record, [STATE_FILE])
@@ -225,18 +218,18 @@ def load_training_state(directory: Path, record: dict[str, Any] | None = None) -
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the file is unusable
         raise CheckpointError(f"{path} cannot be read ({type(e).__name__}); the file is corrupt") from None
-    if (state.get("step"), state.get("epoch")) != (record["step"], record["epoch"]):
+    if (state.get("step"), state.get("epoch")) != (record.step, record.epoch):
         raise CheckpointError(
             f"{directory}: {STATE_FILE} is of step {state.get('step')} epoch {state.get('epoch')} but "
-            f"{RECORD_FILE} of step {record['step']} epoch {record['epoch']}; the files do not belong together"
+            f"{RECORD_FILE} of step {record.step} epoch {record.epoch}; the files do not belong together"
         )
     return state
 
 
-def verify_checkpoint(directory: Path, with_state: bool = True) -> dict[str, Any]:
+def verify_checkpoint(directory: Path, with_state: bool = True) -> AdapterRecord:
     """Read the record and check every file's hash (and the state's step/epoch); returns the record."""
     record = read_record(directory)
-    verify_files(directory, record, [n for n in record["files"] if with_state or n != STATE_FILE])
+    verify_files(directory, record, [n for n in record.files if with_state or n != STATE_FILE])
     if with_state:
         load_training_state(directory, record)
     return record

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
-from medpeft.backbones.sam.segmenter import SamSegmenter
 from medpeft.data.dataset import SegmentationDataset
 from medpeft.data.readers import load_image, load_masks
 from medpeft.data.transforms import undo_resize
@@ -25,7 +25,7 @@ METRICS = ("dice", "iou", "assd", "hd95")
 
 
 def evaluate(
-    model: SamSegmenter,
+    model: nn.Module,
     dataset: SegmentationDataset,
     mode: str = "box",
     out_dir: Path | None = None,
@@ -112,7 +112,7 @@ def extreme_cases(rows: list[dict[str, Any]], labels: list[str]) -> list[dict[st
 
 
 def draw_cases(
-    model: SamSegmenter,
+    model: nn.Module,
     dataset: SegmentationDataset,
     mode: str,
     indices: list[int],

@@ -112,16 +112,14 @@ def write_report(run_dir: Path | str) -> Path:
     run_dir = Path(run_dir)
     directory = ckpt.resolve_checkpoint(run_dir)
     record = ckpt.read_record(directory)
-    base = record["base_model"]
-    methods = (
-        ", ".join(m["name"] + (f" (r={m['r']})" if "r" in m else "") for m in record["methods"]) or "none"
-    )
-    params = record.get("parameters", {})
+    base = record.base_model
+    methods = ", ".join(m["name"] + (f" (r={m['r']})" if "r" in m else "") for m in record.methods) or "none"
+    params = record.parameters
     adapter_bytes = (directory / ckpt.ADAPTER_FILE).stat().st_size
     share = (
         f"{params['trainable']:,} of {params['total']:,} ({100 * params['trainable'] / params['total']:.2f}%)"
         if params.get("total")
-        else f"{sum(math.prod(s) for s in record['trainable'].values()):,}"
+        else f"{sum(math.prod(s) for s in record.trainable.values()):,}"
     )
     origin = {
         "bundled": "bundled foundation",
@@ -134,15 +132,15 @@ def write_report(run_dir: Path | str) -> Path:
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>medpeft run report: {html.escape(run_dir.name)}</h1>",
         "<table>",
-        f"<tr><td>base model</td><td>{html.escape(base['source'])} ({origin.get(base['kind'], base['kind'])})</td></tr>",
+        f"<tr><td>base model</td><td>{html.escape(base.source)} ({origin.get(base.kind, base.kind)})</td></tr>",
         f"<tr><td>method</td><td>{html.escape(methods)}</td></tr>",
         f"<tr><td>trainable parameters</td><td>{share}</td></tr>",
         f"<tr><td>adapter file</td><td>{adapter_bytes / 1024:.1f} KiB ({html.escape(str(directory.relative_to(run_dir)))})</td></tr>",
-        f"<tr><td>labels</td><td>{html.escape(', '.join(record['label_names']))}</td></tr>",
-        f"<tr><td>input size</td><td>{record['image_size']} x {record['image_size']}</td></tr>",
+        f"<tr><td>labels</td><td>{html.escape(', '.join(record.label_names))}</td></tr>",
+        f"<tr><td>input size</td><td>{record.image_size} x {record.image_size}</td></tr>",
         "</table>",
     ]
-    if base.get("random_init"):
+    if base.random_init:
         parts.append(
             "<p class='note'>The base model is a random-init preset: these numbers are not a pretrained model's.</p>"
         )

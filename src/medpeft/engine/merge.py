@@ -64,8 +64,8 @@ def _write_head(model, record: dict, source: str, diff: float, out: Path) -> Non
     (out / HEAD_RECORD).write_text(
         json.dumps(
             {
-                "label_names": record["label_names"],
-                "class_prompt": record["class_prompt"],
+                "label_names": record.label_names,
+                "class_prompt": record.class_prompt,
                 "merged_from": source,
                 "max_abs_logit_difference": diff,
             },

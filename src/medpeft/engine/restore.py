@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from medpeft.backbones.identity import BaseIdentity
-from medpeft.backbones.sam.segmenter import SamSegmenter
+from torch import nn
+
 from medpeft.config import Config, parse_recorded_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_model
+from medpeft.engine.record import AdapterRecord
 
 
-def load_trained(path: Path | str, base: str | None = None) -> tuple[SamSegmenter, dict[str, Any], Config]:
+def load_trained(path: Path | str, base: str | None = None) -> tuple[nn.Module, AdapterRecord, Config]:
     """Load a checkpoint directory (or a run directory's best checkpoint) onto its base model.
 
     ``base`` overrides where the base weights come from (e.g. a local copy of a hub model); their hash
@@ -20,10 +20,9 @@ def load_trained(path: Path | str, base: str | None = None) -> tuple[SamSegmente
     """
     directory = ckpt.resolve_checkpoint(path)
     record = ckpt.read_record(directory)
-    cfg = parse_recorded_config(record["config"], source=str(directory / ckpt.RECORD_FILE))
-    identity = BaseIdentity.from_json(record["base_model"], str(directory / ckpt.RECORD_FILE))
-    cfg.model.base = base or identity.source
-    model, _ = build_model(cfg, record["label_names"], expected=identity)
+    cfg = parse_recorded_config(record.config, source=str(directory / ckpt.RECORD_FILE))
+    cfg.model.base = base or record.base_model.source
+    model, _ = build_model(cfg, record.label_names, expected=record.base_model)
     ckpt.load_adapter_tensors(model, directory, record)
     model.eval()
     return model, record, cfg

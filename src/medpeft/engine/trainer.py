@@ -18,7 +18,6 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from medpeft.backbones.identity import BaseIdentity
 from medpeft.config import Config, dump_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_model, build_optimizer, make_record
@@ -156,7 +155,7 @@ def train(
     model, identity = build_model(
         cfg,
         splits.label_names,
-        expected=BaseIdentity.from_json(resume_record["base_model"]) if resume_record else None,
+        expected=resume_record.base_model if resume_record else None,
     )
     optimizer = build_optimizer(cfg, model)
     penalties = method_penalties(cfg)
@@ -206,7 +205,7 @@ def train(
     def save(pointers: list[str], epoch_done: int, score: float | None = None) -> Path:
         directory = run_dir / "checkpoints" / f"step-{step:06d}"
         unwrapped = accelerator.unwrap_model(model)
-        rec = dict(record, step=step, epoch=epoch_done, **{val_key: score})
+        rec = record.at(step, epoch_done, **{val_key: score})
         ckpt.write_checkpoint(
             directory,
             unwrapped,
