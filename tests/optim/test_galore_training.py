@@ -25,7 +25,7 @@ from medpeft.optim import GaLoreAdamW, build_galore_param_groups
 ATTN = r"vision_encoder\.layers\.\d+\.attn\.(qkv|proj)\.weight$"
 RANK = 8
 LABELS = ["disc", "square"]
-CONFIG_FILE = Path(__file__).resolve().parents[1] / "configs" / "galore_srft.yaml"
+CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "galore_srft.yaml"
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -28,7 +28,7 @@ from medpeft.engine.restore import load_trained
 from medpeft.engine.trainer import TrainResult, train
 from medpeft.models.prompts import Prompts
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ABLATION = CONFIGS / "ssam_ablation"
 ORGANS = ["liver", "spleen", "aorta"]
 TINY = ["model.base=sam-tiny", "model.image_size=64"]

@@ -9,7 +9,7 @@ import pytest
 from medpeft.backbones.sam import bundled
 from medpeft.engine.demo import run_demo
 
-DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data" / "totalseg_ct"
+DEMO_DATA = Path(__file__).resolve().parents[2] / "demo_data" / "totalseg_ct"
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import torch
 
 from conftest import make_shapes_dataset, tiny_config_dict
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_transfer():

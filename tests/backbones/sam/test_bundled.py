@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from medpeft.backbones.sam import bundled
 from medpeft.backbones.sam.loading import load_sam
 
-SHIPPED = Path(bundled.__file__).resolve().parents[1] / "weights"
+SHIPPED = Path(bundled.__file__).resolve().parents[3] / "weights"
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_shipped_foundation_matches_its_model_card(tmp_path: Path) -> None:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "bundle", Path(__file__).parents[1] / "scripts" / "bundle_foundation.py"
+        "bundle", Path(__file__).parents[3] / "scripts" / "bundle_foundation.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -123,7 +123,7 @@ def test_shipped_foundation_matches_its_model_card(tmp_path: Path) -> None:
 def test_shipped_files_are_packaged() -> None:
     import tomllib
 
-    data = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    data = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())
     patterns = data["tool"]["setuptools"]["package-data"]["medpeft"]
     assert {"weights/*.safetensors", "weights/*.json", "weights/*.md"} <= set(patterns)
 
