@@ -41,7 +41,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from medpeft.backbones.hub import BaseModelUnavailable
     from medpeft.backbones.sam.bundled import BundledWeightsError
     from medpeft.config import ConfigError
-    from medpeft.data.readers import DataError
+    from medpeft.data.io import DataError
     from medpeft.engine.checkpoint import CheckpointError
     from medpeft.engine.trainer import NonFiniteLoss, RunDirExists
 

@@ -19,7 +19,7 @@ from medpeft.data.depth import (
     write_depth_picture,
     write_depth_png16,
 )
-from medpeft.data.readers import DataError
+from medpeft.data.io import DataError
 
 # ----------------------------------------------------------------------------- files
 
@@ -193,7 +193,7 @@ def test_longest_pad_marks_padding_invalid(tmp_path: Path) -> None:
     item = ds[0]
     assert bool(item["valid"][0, :10].all()) and not bool(item["valid"][0, 10:].any())
     assert float(item["image"][:, 10:].abs().max()) == 0.0
-    assert ds.get_meta(0)["resized_size"] == (10, 20)
+    assert ds.get_meta(0).resized_size == (10, 20)
 
 
 def test_image_depth_size_mismatch_names_both(tmp_path: Path) -> None:

@@ -20,7 +20,11 @@ from pathlib import Path
 
 from medpeft.config import SourceConfig
 
-from .readers import DataError, ImageRecord, parse_labels_json, read_dataset, read_folder_dataset
+from .formats.folder import read_folder_dataset
+from .io import DataError
+from .labels import parse_labels_json
+from .readers import read_dataset
+from .records import ImageRecord
 from .splits import split_records
 from .volumes import _volume_stem, export_slices
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from .io import image_size, load_image, load_masks
 from .prompt_sampling import eval_prompts, train_prompts
-from .readers import ImageRecord, image_size, load_image, load_masks
+from .records import ImageRecord
 from .transforms import (
     NORMALIZE_MODES,
     RESIZE_MODES,
     AugmentConfig,
+    ResizeGeometry,
     augment,
     normalize,
     resize,
@@ -24,6 +28,19 @@ from .transforms import (
 
 PROMPT_SAMPLING = ("train", "eval")  # random prompts for training, deterministic ones for evaluation
 CACHE_AUTO_LIMIT = 2000
+
+
+@dataclass(frozen=True)
+class ItemMeta:
+    """Where an item came from and how it was resized (``geometry`` maps predictions back)."""
+
+    path: Path
+    spacing: tuple[float, float] | None
+    geometry: ResizeGeometry
+
+    @property
+    def stem(self) -> str:
+        return self.path.stem
 
 
 class SegmentationDataset(Dataset):
@@ -151,17 +168,12 @@ class SegmentationDataset(Dataset):
         slot_ids[: len(order)], slot_masks[: len(order)], valid[: len(order)] = ids[order], masks[order], True
         return slot_ids, valid, slot_masks
 
-    def get_meta(self, index: int) -> dict[str, Any]:
-        """Image path, label names and resize geometry (for writing predictions back)."""
+    def get_meta(self, index: int) -> ItemMeta:
+        """Image path, pixel spacing and resize geometry (for writing predictions back)."""
         rec = self.records[index]
-        meta = resize_meta(image_size(rec.image), self.image_size, self.resize)
-        return {
-            "path": rec.image,
-            "stem": rec.image.stem,
-            "label_names": self.label_names,
-            "spacing": rec.spacing,
-            **meta,
-        }
+        return ItemMeta(
+            rec.image, rec.spacing, resize_meta(image_size(rec.image), self.image_size, self.resize)
+        )
 
     def _rng(self, index: int) -> np.random.Generator:
         if self.prompt_sampling == "train":

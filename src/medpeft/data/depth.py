@@ -17,9 +17,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .readers import IMAGE_EXTENSIONS, DataError, load_image
-from .readers import image_size as read_image_size
-from .transforms import RESIZE_MODES, flip, resize, resize_meta, valid_region
+from .io import IMAGE_EXTENSIONS, DataError, load_image
+from .io import image_size as read_image_size
+from .transforms import RESIZE_MODES, ResizeGeometry, flip, resize, resize_meta, valid_region
 
 DEPTH_EXTENSIONS = (".png", ".npy", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -260,11 +260,11 @@ class DepthDataset(Dataset):
         """Select the epoch whose random flips the items use."""
         self.epoch = int(epoch)
 
-    def get_meta(self, index: int) -> dict[str, Any]:
-        """Image path, name and resize geometry (for :func:`~medpeft.data.transforms.undo_resize`)."""
+    def get_meta(self, index: int) -> ResizeGeometry:
+        """The resize geometry of an item (for :func:`~medpeft.data.transforms.undo_resize`); its
+        paths are ``records[index]``."""
         rec = self.records[index]
-        meta = resize_meta(read_image_size(rec.image), self.image_size, self.resize)
-        return {"path": rec.image, "depth_path": rec.depth, "name": rec.name, **meta}
+        return resize_meta(read_image_size(rec.image), self.image_size, self.resize)
 
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """uint8 image [H, W, 3] and float32 depth [H, W] of one record at their original size."""

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .readers import DataError
+from .io import DataError
 
 T = TypeVar("T")
 SPLITS = ("train", "val", "test")

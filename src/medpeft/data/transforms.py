@@ -6,6 +6,7 @@ applied identically to the image and its masks (bilinear for the image, nearest 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,18 @@ NORMALIZE_MODES = ("sam", "minmax", "zscore", "none")
 # ----------------------------------------------------------------------------- resizing
 
 
-def resize_meta(original_size: tuple[int, int], size: int, mode: str = "longest_pad") -> dict[str, Any]:
+@dataclass(frozen=True)
+class ResizeGeometry:
+    """How an (h, w) image became the ``input_size`` square model input: resized to ``resized_size``
+    (then zero-padded at the bottom and right for ``longest_pad``); what maps predictions back."""
+
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    input_size: int
+    resize: str
+
+
+def resize_meta(original_size: tuple[int, int], size: int, mode: str = "longest_pad") -> ResizeGeometry:
     """Geometry of resizing an (h, w) image to the ``size`` x ``size`` model input."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
@@ -33,7 +45,7 @@ def resize_meta(original_size: tuple[int, int], size: int, mode: str = "longest_
         resized = (int(h * scale + 0.5), int(w * scale + 0.5))  # as SAM's ResizeLongestSide
     else:
         resized = (size, size)
-    return {"original_size": (h, w), "resized_size": resized, "input_size": size, "resize": mode}
+    return ResizeGeometry((h, w), resized, size, mode)
 
 
 def _resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -66,10 +78,10 @@ def _pad(arr: np.ndarray, size: int, axes: tuple[int, int]) -> np.ndarray:
 
 def resize_longest_pad(
     image: np.ndarray, masks: np.ndarray | None, size: int
-) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray | None, ResizeGeometry]:
     """SAM's resize: longest side to ``size`` (image bilinear, masks nearest), zero-pad bottom/right."""
     meta = resize_meta(image.shape[:2], size, "longest_pad")
-    hw = meta["resized_size"]
+    hw = meta.resized_size
     out_img = _pad(_resize_image(image, hw), size, (0, 1))
     out_masks = None if masks is None else _pad(_resize_nearest(masks, hw), size, (-2, -1))
     return out_img, out_masks, meta
@@ -77,7 +89,7 @@ def resize_longest_pad(
 
 def resize_plain(
     image: np.ndarray, masks: np.ndarray | None, size: int
-) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray | None, ResizeGeometry]:
     """Resize to ``size`` x ``size`` ignoring the aspect ratio."""
     meta = resize_meta(image.shape[:2], size, "resize")
     out_masks = None if masks is None else _resize_nearest(masks, (size, size))
@@ -86,23 +98,23 @@ def resize_plain(
 
 def resize(
     image: np.ndarray, masks: np.ndarray | None, size: int, mode: str = "longest_pad"
-) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray | None, ResizeGeometry]:
     """Dispatch to :func:`resize_longest_pad` or :func:`resize_plain`."""
     if mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
     return (resize_longest_pad if mode == "longest_pad" else resize_plain)(image, masks, size)
 
 
-def valid_region(meta: dict[str, Any]) -> np.ndarray:
+def valid_region(meta: ResizeGeometry) -> np.ndarray:
     """bool [S, S]: True on image pixels, False on padding."""
-    size = meta["input_size"]
+    size = meta.input_size
     out = np.zeros((size, size), bool)
-    out[: meta["resized_size"][0], : meta["resized_size"][1]] = True
+    out[: meta.resized_size[0], : meta.resized_size[1]] = True
     return out
 
 
 def undo_resize(
-    pred: np.ndarray | torch.Tensor, meta: dict[str, Any], mode: str = "bilinear"
+    pred: np.ndarray | torch.Tensor, meta: ResizeGeometry, mode: str = "bilinear"
 ) -> np.ndarray | torch.Tensor:
     """Map a prediction [..., S, S] back to the original image size: crop the padding, resize.
 
@@ -111,8 +123,8 @@ def undo_resize(
     """
     if mode not in ("bilinear", "nearest"):
         raise ValueError(f"unknown mode {mode!r}; expected 'bilinear' or 'nearest'")
-    rh, rw = meta["resized_size"]
-    hw = tuple(meta["original_size"])
+    rh, rw = meta.resized_size
+    hw = tuple(meta.original_size)
     cropped = pred[..., :rh, :rw]
     if mode == "nearest":
         rows, cols = _nearest_index(rh, hw[0]), _nearest_index(rw, hw[1])

@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from .readers import DataError
+from .io import DataError
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from medpeft.config import load_config
-from medpeft.data.readers import DataError
+from medpeft.data.io import DataError
 from medpeft.engine.build import build_dataset, build_model, build_splits
 from medpeft.engine.evaluate import evaluate, format_table
 from medpeft.engine.html_report import write_report

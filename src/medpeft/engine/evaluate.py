@@ -15,7 +15,7 @@ from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from medpeft.data.dataset import SegmentationDataset
-from medpeft.data.readers import load_image, load_masks
+from medpeft.data.io import load_image, load_masks
 from medpeft.data.transforms import undo_resize
 from medpeft.metrics import assd_per_class, dice_per_class, hd95_per_class, iou_per_class, summarize
 from medpeft.tasks.segmentation_eval import predict_batches
@@ -54,11 +54,11 @@ def evaluate(
             meta = dataset.get_meta(index)
             keep = batch["class_valid"][i].cpu()  # skip labels the image is not annotated for
             names = [dataset.label_names[j] for j in batch["class_ids"][i].cpu()[keep].tolist()]
-            prob = undo_resize(probs[i][keep], meta, "bilinear").numpy()
+            prob = undo_resize(probs[i][keep], meta.geometry, "bilinear").numpy()
             pred = prob > threshold
             truth = load_masks(dataset.records[index], names)
-            px = meta.get("spacing") or spacing
-            index_of[meta["stem"]] = index
+            px = meta.spacing or spacing
+            index_of[meta.stem] = index
             scores = {
                 "dice": dice_per_class(pred[None], truth[None], empty_score)[0],
                 "iou": iou_per_class(pred[None], truth[None], empty_score)[0],
@@ -68,7 +68,7 @@ def evaluate(
                 scores["hd95"] = hd95_per_class(pred[None], truth[None], px)[0]
             for c, name in enumerate(names):
                 row = {
-                    "image": meta["stem"],
+                    "image": meta.stem,
                     "label": name,
                     "gt_pixels": int(truth[c].sum()),
                     "pred_pixels": int(pred[c].sum()),
@@ -127,11 +127,9 @@ def draw_cases(
             meta = dataset.get_meta(index)
             keep = batch["class_valid"][i].cpu()
             names = [dataset.label_names[j] for j in batch["class_ids"][i].cpu()[keep].tolist()]
-            pred = undo_resize(probs[i][keep], meta, "bilinear").numpy() > threshold
+            pred = undo_resize(probs[i][keep], meta.geometry, "bilinear").numpy() > threshold
             truth = load_masks(dataset.records[index], names)
-            save_overlay(
-                out_dir / "overlays" / f"{meta['stem']}.png", load_image(meta["path"]), pred, names, truth
-            )
+            save_overlay(out_dir / "overlays" / f"{meta.stem}.png", load_image(meta.path), pred, names, truth)
 
 
 def _any_spacing(dataset: SegmentationDataset) -> bool:

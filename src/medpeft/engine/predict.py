@@ -20,8 +20,8 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from medpeft.data.readers import IMAGE_EXTENSIONS, DataError, image_size, load_image
-from medpeft.data.transforms import normalize, resize, undo_resize, valid_region
+from medpeft.data.io import IMAGE_EXTENSIONS, DataError, image_size, load_image
+from medpeft.data.transforms import ResizeGeometry, normalize, resize, undo_resize, valid_region
 from medpeft.engine.checkpoint import atomic_write_json
 from medpeft.models.prompts import Prompts
 from medpeft.viz import save_label_map, save_overlay
@@ -173,13 +173,11 @@ def _check_points(where: str, points: Any, sizes: list[tuple[Path, int, int]]) -
 
 
 def image_prompts(
-    entry: dict[str, Any] | None, labels: list[str], meta: dict[str, Any]
+    entry: dict[str, Any] | None, labels: list[str], meta: ResizeGeometry
 ) -> tuple[Prompts, str]:
     """Prompts for one image in the model's input frame; automatic mode when the entry has none."""
     c = len(labels)
-    scale = np.array(meta["resized_size"][::-1], np.float32) / np.array(
-        meta["original_size"][::-1], np.float32
-    )
+    scale = np.array(meta.resized_size[::-1], np.float32) / np.array(meta.original_size[::-1], np.float32)
     entry = entry or {}
     boxes_in, points_in = entry.get("boxes", {}), entry.get("points", {})
     prompts = Prompts(class_ids=torch.arange(c)[None])
@@ -348,7 +346,7 @@ def predict(
 
 def model_input(
     image: np.ndarray, size: int, resize_mode: str, normalize_mode: str
-) -> tuple[torch.Tensor, dict[str, Any]]:
+) -> tuple[torch.Tensor, ResizeGeometry]:
     """An image as the model's [1, 3, S, S] input (padding zeroed after normalisation) and its resize record."""
     resized, _, meta = resize(image, None, size, resize_mode)
     x = normalize(resized, normalize_mode)

@@ -12,7 +12,8 @@ from torch.utils.data import Dataset
 
 from medpeft.config import Config, ConfigError
 from medpeft.data.dataset import SegmentationDataset
-from medpeft.data.readers import ImageRecord, read_dataset
+from medpeft.data.readers import read_dataset
+from medpeft.data.records import ImageRecord
 from medpeft.data.splits import load_split_file, split_records
 from medpeft.models.prompts import Prompts
 from medpeft.tasks.base import Splits, Task, register_task

@@ -11,7 +11,7 @@ from conftest import make_shapes_dataset, shared_data, tiny_config_dict
 from medpeft.config import ConfigError, SourceConfig, parse_config
 from medpeft.data.collection import read_collection, read_source
 from medpeft.data.dataset import SegmentationDataset
-from medpeft.data.readers import DataError, load_masks
+from medpeft.data.io import DataError, load_masks
 from medpeft.tasks.segmentation_loss import SegmentationLoss
 
 

@@ -39,7 +39,7 @@ from medpeft.data import (
 )
 from medpeft.data.transforms import rot90, rotate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 H, W = 40, 60
 
 
@@ -234,7 +234,7 @@ def test_resize_round_trip_integer_scale() -> None:
     img = make_image(mask[0])
     r_img, r_masks, meta = resize_longest_pad(img, mask, 120)
     assert r_img.shape == (120, 120, 3) and r_masks.shape == (1, 120, 120)
-    assert meta["original_size"] == (H, W) and meta["resized_size"] == (80, 120)
+    assert meta.original_size == (H, W) and meta.resized_size == (80, 120)
     assert not r_masks[:, 80:].any() and np.all(r_img[80:] == 0)
     assert np.array_equal(undo_resize(r_masks, meta, "nearest"), mask)
     logits = torch.from_numpy(r_masks.astype(np.float32) * 2 - 1)
@@ -247,7 +247,7 @@ def test_resize_plain_and_non_integer_scale() -> None:
     mask = rect_mask(3, 7, 21, 44)[None]
     img = make_image(mask[0])
     p_img, p_masks, meta = resize_plain(img, mask, 64)
-    assert p_img.shape == (64, 64, 3) and p_masks.shape == (1, 64, 64) and meta["resized_size"] == (64, 64)
+    assert p_img.shape == (64, 64, 3) and p_masks.shape == (1, 64, 64) and meta.resized_size == (64, 64)
     assert undo_resize(p_masks, meta, "nearest").shape == (1, H, W)
     _, l_masks, meta = resize_longest_pad(img, mask, 50)
     back = undo_resize(l_masks, meta, "nearest")
@@ -381,9 +381,9 @@ def test_dataset_items(tmp_path: Path) -> None:
     assert not torch.equal(ds[1]["points"], item["points"])
     meta = ds.get_meta(1)
     assert (
-        meta["path"] == records[1].image
-        and meta["original_size"] == (H, W)
-        and meta["resized_size"] == (43, 64)
+        meta.path == records[1].image
+        and meta.geometry.original_size == (H, W)
+        and meta.geometry.resized_size == (43, 64)
     )
     batch = collate([ds[0], ds[1]])
     assert batch["image"].shape == (2, 3, 64, 64) and batch["index"].tolist() == [0, 1]

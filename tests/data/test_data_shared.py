@@ -9,7 +9,7 @@ import pytest
 
 from medpeft.data import SegmentationDataset, export_slices, load_masks, read_dataset
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 pytestmark = [
     pytest.mark.shared,
