@@ -12,6 +12,9 @@ from collections.abc import Iterator
 
 from torch import nn
 
+# qkv/q/v/attn_out/attn/mlp/all: encoder linear layers; blocks: the block prefix with the block index
+# as group 1, in forward order; pos_embed: parameter names; encoder_norms: LayerNorm modules of the
+# encoder; encoder/decoder/prompt_encoder: module prefixes; neck: the encoder's output convolutions.
 SYMBOLIC: tuple[str, ...] = (
     "qkv",
     "q",

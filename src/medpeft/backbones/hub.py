@@ -130,3 +130,27 @@ def saved_model_type(source: str) -> str | None:
         return str(json.loads(path.read_text()).get("model_type"))
     except (OSError, ValueError):
         return None
+
+
+def source_kind(source: str, names: tuple[str, ...], model: str, hub_example: str) -> str:
+    """How to read ``model.base``: ``named`` (a preset or bundled name), ``local`` (a ``save_pretrained``
+    folder), ``pth`` (an original checkpoint file) or ``hub``; anything else is one clear error."""
+    path = Path(source).expanduser()
+    if source in names:
+        return "named"
+    if path.is_dir():
+        return "local"
+    if path.is_file():
+        if path.suffix not in CHECKPOINT_SUFFIXES:
+            raise ValueError(f"unsupported {model} checkpoint file {source!r}: expected .pth or .pt")
+        return "pth"
+    if looks_like_path(source):
+        raise ValueError(
+            f"{model} checkpoint {source!r} does not exist (model.base: a preset, hub id, folder or .pth)"
+        )
+    if "/" not in source:
+        raise ValueError(
+            f"unknown {model} base model {source!r}: not a preset or bundled name ({', '.join(names)}), "
+            f"not an existing path and not a hub id such as {hub_example}"
+        )
+    return "hub"

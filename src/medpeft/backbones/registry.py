@@ -14,28 +14,12 @@ from typing import Any
 
 from torch import nn
 
+from medpeft.adapters.targets import SYMBOLIC
 from medpeft.backbones.identity import BaseIdentity
 
-# Symbolic target names every backbone maps to regexes over its module (or parameter) names.
-# qkv/q/v/attn_out/attn/mlp/all: encoder linear layers; blocks: the block prefix with the block index
-# as group 1, in forward order; pos_embed: parameter names; encoder_norms: LayerNorm modules of the
-# encoder; encoder/decoder/prompt_encoder: module prefixes; neck: the encoder's output convolutions.
-TARGET_NAMES: tuple[str, ...] = (
-    "qkv",
-    "q",
-    "v",
-    "attn_out",
-    "attn",
-    "mlp",
-    "all",
-    "blocks",
-    "pos_embed",
-    "encoder_norms",
-    "encoder",
-    "decoder",
-    "prompt_encoder",
-    "neck",
-)
+# Symbolic target names every backbone maps to regexes over its module (or parameter) names (the
+# methods resolve them: see medpeft.adapters.targets).
+TARGET_NAMES = SYMBOLIC
 
 
 @dataclass(frozen=True)

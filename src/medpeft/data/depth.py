@@ -17,7 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .io import IMAGE_EXTENSIONS, DataError, load_image
+from .io import IMAGE_EXTENSIONS, DataError, image_files, load_image
 from .io import image_size as read_image_size
 from .transforms import RESIZE_MODES, ResizeGeometry, flip, resize, resize_meta, valid_region
 
@@ -171,12 +171,7 @@ class DepthRecord:
 def _files_by_stem(folder: Path, suffixes: tuple[str, ...], root: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise DataError(f"missing folder {folder}; {FOLDER_LAYOUT} (dataset root {root})")
-    files: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes:
-            if p.stem in files:
-                raise DataError(f"two files with stem {p.stem!r} in {folder}: {files[p.stem].name}, {p.name}")
-            files[p.stem] = p
+    files = image_files(folder, suffixes)
     if not files:
         raise DataError(f"no {'/'.join(suffixes)} files in {folder}; {FOLDER_LAYOUT}")
     return files

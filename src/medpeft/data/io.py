@@ -128,10 +128,11 @@ def load_masks(record: ImageRecord, label_names: list[str]) -> np.ndarray:
     return out
 
 
-def image_files(folder: Path) -> dict[str, Path]:
+def image_files(folder: Path, suffixes: tuple[str, ...] = IMAGE_EXTENSIONS) -> dict[str, Path]:
+    """Files of ``folder`` with one of ``suffixes`` by stem (hidden files skipped); a repeated stem is an error."""
     files: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS:
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in suffixes:
             if p.stem in files:
                 raise DataError(f"two files with stem {p.stem!r} in {folder}: {files[p.stem].name}, {p.name}")
             files[p.stem] = p

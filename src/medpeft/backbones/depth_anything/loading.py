@@ -8,11 +8,10 @@ from pathlib import Path
 from transformers import DepthAnythingForDepthEstimation
 
 from medpeft.backbones.hub import (
-    CHECKPOINT_SUFFIXES,
     from_hub,
     from_local_dir,
-    looks_like_path,
     read_torch_checkpoint,
+    source_kind,
 )
 from medpeft.backbones.identity import BaseIdentity
 
@@ -62,26 +61,17 @@ def load_depth_anything(
     is checked against the patch size and recorded.
     """
     check_size(image_size)
+    kind = source_kind(source, PRESET_NAMES, "Depth Anything", HUB_IDS[0])
     path = Path(source).expanduser()
-    if source in PRESET_NAMES:
+    if kind == "named":
         kind, model = "preset", DepthAnythingForDepthEstimation(preset_config(source)).eval()
-    elif path.is_dir():
-        kind = "local"
+    elif kind == "local":
         model = from_local_dir(
             DepthAnythingForDepthEstimation.from_pretrained, path, "DepthAnythingForDepthEstimation"
         )
-    elif path.is_file():
-        if path.suffix not in CHECKPOINT_SUFFIXES:
-            raise ValueError(f"unsupported Depth Anything checkpoint file {source!r}: expected .pth or .pt")
-        kind, model = "pth", _load_original(path)
-    elif looks_like_path(source):
-        raise ValueError(f"Depth Anything checkpoint {source!r} does not exist")
-    elif "/" not in source:
-        raise ValueError(
-            f"unknown Depth Anything base model {source!r}: not a preset ({', '.join(PRESET_NAMES)}), "
-            f"not an existing path and not a hub id such as {HUB_IDS[0]}"
-        )
+    elif kind == "pth":
+        model = _load_original(path)
     else:
-        kind, model = "hub", from_hub(DepthAnythingForDepthEstimation.from_pretrained, source)
+        model = from_hub(DepthAnythingForDepthEstimation.from_pretrained, source)
     identity = BaseIdentity.of(model, source, kind, image_size, "depth_anything")
     return model.eval(), identity

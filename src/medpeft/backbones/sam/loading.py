@@ -10,11 +10,10 @@ from torch import nn
 from transformers import SamConfig, SamModel
 
 from medpeft.backbones.hub import (
-    CHECKPOINT_SUFFIXES,
     from_hub,
     from_local_dir,
-    looks_like_path,
     read_torch_checkpoint,
+    source_kind,
 )
 from medpeft.backbones.identity import BaseIdentity
 
@@ -73,38 +72,25 @@ def load_sam(source: str, image_size: int = 256) -> tuple[SamModel, BaseIdentity
     package (``sam-mini-med``), a ``save_pretrained``
     directory, a segment-anything/MedSAM ``.pth``/``.pt`` file, or a hub id ``owner/name``.
     Pretrained weights are ported from their native image size and loaded with ``strict=True``.
-    The identity is ``{"source", "kind", "image_size", "sha256", "random_init"}``. The model is in
-    eval mode.
+    The identity is a :class:`BaseIdentity`. The model is in eval mode.
     """
     check_image_size(image_size)
-    path = Path(source).expanduser()
-    if source in PRESET_NAMES:
+    kind = source_kind(source, PRESET_NAMES + BUNDLED_NAMES, "SAM", "facebook/sam-vit-base")
+    if kind == "named" and source in PRESET_NAMES:
         kind, model = "preset", build_sam(preset_config(source, image_size))
-    elif source in BUNDLED_NAMES:
+    elif kind == "named":
         sd, info = load_bundled_state_dict(source)
         kind, model = (
             "bundled",
             _from_state_dict(sd, preset_config(info["preset"], info["image_size"]), image_size),
         )
-    elif path.is_dir():
-        native = from_local_dir(SamModel.from_pretrained, path, "SamModel")
-        kind, model = "local", _from_state_dict(native.state_dict(), native.config, image_size)
-    elif path.is_file():
-        if path.suffix not in CHECKPOINT_SUFFIXES:
-            raise ValueError(f"unsupported checkpoint file {source!r}: expected .pth or .pt")
-        kind, model = "pth", _load_pth(path, image_size)
-    elif looks_like_path(source):
-        raise ValueError(
-            f"base model checkpoint {source!r} does not exist (model.base: a preset, hub id, folder or .pth)"
-        )
-    elif "/" not in source:
-        raise ValueError(
-            f"unknown SAM base model {source!r}: not a preset ({', '.join(PRESET_NAMES)}), "
-            f"not a bundled foundation ({', '.join(BUNDLED_NAMES)}), "
-            "not an existing path, and not a hub id of the form 'owner/name'"
-        )
+    elif kind == "local":
+        native = from_local_dir(SamModel.from_pretrained, Path(source).expanduser(), "SamModel")
+        model = _from_state_dict(native.state_dict(), native.config, image_size)
+    elif kind == "pth":
+        model = _load_pth(Path(source).expanduser(), image_size)
     else:
         native = from_hub(SamModel.from_pretrained, source)
-        kind, model = "hub", _from_state_dict(native.state_dict(), native.config, image_size)
+        model = _from_state_dict(native.state_dict(), native.config, image_size)
     identity = BaseIdentity.of(model, source, kind, image_size, "sam")
     return model, identity

@@ -9,11 +9,10 @@ from torch import nn
 from transformers import Sam2Config, Sam2Model
 
 from medpeft.backbones.hub import (
-    CHECKPOINT_SUFFIXES,
     from_hub,
     from_local_dir,
-    looks_like_path,
     read_torch_checkpoint,
+    source_kind,
 )
 from medpeft.backbones.identity import BaseIdentity
 
@@ -71,28 +70,15 @@ def _load_original(path: Path, image_size: int) -> Sam2Model:
 def load_sam2(source: str, image_size: int = 256) -> tuple[Sam2Model, BaseIdentity]:
     """Load a SAM2 base at ``image_size`` and return ``(model, identity)`` (identity as :func:`load_sam`)."""
     check_image_size(image_size)
+    kind = source_kind(source, PRESET_NAMES, "SAM2", HUB_IDS[0])
     path = Path(source).expanduser()
-    if source in PRESET_NAMES:
+    if kind == "named":
         kind, model = "preset", build_sam2(preset_config(source, image_size))
-    elif path.is_dir():
-        kind, model = (
-            "local",
-            _at_size(from_local_dir(Sam2Model.from_pretrained, path, "Sam2Model"), image_size),
-        )
-    elif path.is_file():
-        if path.suffix not in CHECKPOINT_SUFFIXES:
-            raise ValueError(f"unsupported SAM2 checkpoint file {source!r}: expected .pt or .pth")
-        kind, model = "pth", _load_original(path, image_size)
-    elif looks_like_path(source):
-        raise ValueError(
-            f"SAM2 checkpoint {source!r} does not exist (model.base: a preset, hub id, folder or .pt)"
-        )
-    elif "/" not in source:
-        raise ValueError(
-            f"unknown SAM2 base model {source!r}: not a preset ({', '.join(PRESET_NAMES)}), "
-            f"not an existing path and not a hub id such as {HUB_IDS[0]}"
-        )
+    elif kind == "local":
+        model = _at_size(from_local_dir(Sam2Model.from_pretrained, path, "Sam2Model"), image_size)
+    elif kind == "pth":
+        model = _load_original(path, image_size)
     else:
-        kind, model = "hub", _at_size(from_hub(Sam2Model.from_pretrained, source), image_size)
+        model = _at_size(from_hub(Sam2Model.from_pretrained, source), image_size)
     identity = BaseIdentity.of(model, source, kind, image_size, "sam2")
     return model, identity
