@@ -266,11 +266,12 @@ def info(
 
     with _one_line_errors():
         cfg = load_config(config, set_)
-        labels = cfg.data.labels or _labels_from_data(cfg) or ["foreground"]
+        labels = [] if cfg.task == "depth" else cfg.data.labels or _labels_from_data(cfg) or ["foreground"]
         model, identity = build_model(cfg, labels)
     typer.echo(
         f"base: {identity.source} ({identity.kind}{', random init' if identity.random_init else ''}), "
-        f"input {cfg.model.image_size}x{cfg.model.image_size}, labels: {labels}"
+        f"backbone {cfg.model.backbone}, task {cfg.task}, input {cfg.model.image_size}x{cfg.model.image_size}"
+        + (f", labels: {labels}" if labels else "")
     )
     typer.echo(parameter_report(model, cfg))
 
