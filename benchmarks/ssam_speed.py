@@ -87,6 +87,7 @@ def build(name: str, args: argparse.Namespace) -> nn.Module:
 def _config_dict(args: argparse.Namespace, adapters: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "model": {"base": args.base, "image_size": args.image_size, "class_prompt": "learned"},
+        "prompts": {"train_modes": {"auto": 1.0}},
         "adapters": adapters,
     }
 
@@ -106,24 +107,27 @@ class Stepper:
     """One configuration's model, optimizer and a ``step()`` returning (forward, backward, optimizer) seconds."""
 
     def __init__(self, model: nn.Module, args: argparse.Namespace, mode: str | None = None) -> None:
+        from train_step import synthetic_batch as task_batch
+
         from medpeft.config import parse_config
         from medpeft.engine.build import build_optimizer
-        from medpeft.tasks.segmentation_loss import SegmentationLoss
+        from medpeft.tasks.base import make_task
 
         self.cfg = parse_config(_config_dict(args, []))
         self.model, self.mode = model.train(), mode
         self.optimizer = build_optimizer(self.cfg, model)
-        self.loss_fn = SegmentationLoss(self.cfg.loss)
+        self.task = make_task(self.cfg)  # the trainer's loss, in automatic mode (class token only)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.images, self.masks, self.prompts = synthetic_batch(args)
+        self.batch = task_batch("segmentation", args.batch, args.image_size)
 
     def step(self) -> tuple[float, float, float]:
         from medpeft.adapters.svd import set_svd_mode
+        from medpeft.engine.step import training_loss
 
         if self.mode is not None:
             set_svd_mode(self.model, self.mode)  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        loss, _ = self.loss_fn(self.model(self.images, self.prompts), self.masks)
+        loss, _ = training_loss(self.task, [], self.model, self.batch, 0, 0)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
