@@ -176,7 +176,7 @@ def _scores(summary: dict[str, Any], key: str) -> float:
 
 
 def _evaluate(model: Any, dataset: Any, modes: tuple[str, ...], out: Path) -> dict[str, float]:
-    from medpeft.engine.evaluate import evaluate
+    from medpeft.tasks.segmentation_eval import evaluate
 
     res: dict[str, float] = {}
     for mode in ("box", "auto"):

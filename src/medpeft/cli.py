@@ -121,10 +121,10 @@ def evaluate(
     from medpeft.config import EvalConfig
     from medpeft.data.splits import SPLITS
     from medpeft.engine.build import build_dataset, build_splits
-    from medpeft.engine.evaluate import evaluate as run_eval
-    from medpeft.engine.evaluate import format_table
     from medpeft.engine.restore import load_trained
     from medpeft.models.prompts import PROMPT_MODES
+    from medpeft.tasks.segmentation_eval import evaluate as run_eval
+    from medpeft.tasks.segmentation_eval import format_table
 
     _choice("--split", split, (*SPLITS, "all"))
     _choice("--prompt", prompt, PROMPT_MODES)
@@ -226,10 +226,10 @@ def predict(
     Exit code 0: all written; 1: some input files could not be read (the rest are written, failures listed
     in predictions.json); 2: nothing written (bad prompts, inputs, checkpoint or output folder).
     """
-    from medpeft.engine.predict import DepthWriter, SegmentationWriter, check_output_dir
+    from medpeft.engine.predict import check_output_dir
     from medpeft.engine.predict import predict as run_predict
     from medpeft.engine.restore import load_trained
-    from medpeft.tasks.base import TASK_NAMES
+    from medpeft.tasks.base import TASK_NAMES, make_task
 
     _choice("--task", task, TASK_NAMES)
     with _one_line_errors():
@@ -237,10 +237,7 @@ def predict(
         model, record, cfg = load_trained(checkpoint)
         if task is not None and task != cfg.task:
             _fail(f"--task {task}: {checkpoint} is a {cfg.task} checkpoint")
-        if cfg.task == "depth":
-            writer = DepthWriter(cfg.model.image_size, cfg.depth.scale, normalize_mode=cfg.data.normalize)
-        else:
-            writer = SegmentationWriter(cfg.data.resize, cfg.data.normalize, cfg.eval.threshold)
+        writer = make_task(cfg).prediction_writer()
         report = run_predict(model, inputs, out, prompts, overwrite=overwrite, writer=writer)
     written, failed = report["images"], report["failed"]
     typer.echo(f"{len(written)} image(s) written, {len(failed)} failed" + (":" if failed else ""))

@@ -14,10 +14,10 @@ from conftest import make_shapes_dataset, tiny_config_dict
 from medpeft.cli import app
 from medpeft.config import parse_config
 from medpeft.engine.build import build_dataset, build_model, build_optimizer, build_splits
-from medpeft.engine.evaluate import evaluate
 from medpeft.engine.html_report import write_report
 from medpeft.engine.restore import load_trained
 from medpeft.engine.trainer import train
+from medpeft.tasks.segmentation_eval import evaluate
 
 
 class _Page(HTMLParser):

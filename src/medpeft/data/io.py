@@ -17,6 +17,11 @@ class DataError(ValueError):
     """A dataset problem the user must fix (missing, unreadable or inconsistent files)."""
 
 
+def one_line(err: BaseException | str) -> str:
+    """An exception's message on one line (for reports that list failures)."""
+    return " ".join(str(err).strip("'\"").split())
+
+
 def _open(path: Path, what: str = "image") -> Image.Image:
     try:
         img = Image.open(path)

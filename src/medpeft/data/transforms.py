@@ -276,3 +276,13 @@ def augment(
     if (b, c, g) != (0.0, 1.0, 1.0):
         image = adjust_intensity(image, b, c, g)
     return np.ascontiguousarray(image), np.ascontiguousarray(masks)
+
+
+def model_input(
+    image: np.ndarray, size: int, resize_mode: str, normalize_mode: str
+) -> tuple[torch.Tensor, ResizeGeometry]:
+    """An image as the model's [1, 3, S, S] input (padding zeroed after normalisation) and its resize record."""
+    resized, _, meta = resize(image, None, size, resize_mode)
+    x = normalize(resized, normalize_mode)
+    x[~valid_region(meta)] = 0.0
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None], meta

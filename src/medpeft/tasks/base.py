@@ -8,8 +8,10 @@ datasets, the loss of a batch, and a validation score; it selects the best check
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -57,6 +59,10 @@ class Task:
             return True
         return score > best if self.higher_is_better else score < best
 
+    def prediction_writer(self) -> PredictionWriter:
+        """What ``medpeft predict`` writes per image for this task."""
+        raise NotImplementedError
+
     def describe(self, score: float) -> str:
         """The validation line shown after an epoch."""
         return f"validation {self.metric} {score:.4f}"
@@ -77,3 +83,27 @@ def make_task(cfg: Any) -> Task:
     from medpeft.tasks import depth, segmentation  # noqa: F401 - registration
 
     return _TASKS[cfg.task](cfg)
+
+
+class PredictionWriter:
+    """What one task writes per image; the prediction loop is shared."""
+
+    task = "segmentation"
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        """Extra fields of ``predictions.json``."""
+        return {}
+
+    def read_prompts(self, path: Path | None, labels: list[str], images: list[Path]) -> dict[str, Any]:
+        """Per-image prompts from ``--prompts`` (checked before anything is written); none by default."""
+        if path is not None:
+            from medpeft.data.io import DataError
+
+            raise DataError(f"--prompts {path}: a {self.task} model takes no prompts")
+        return {}
+
+    def write(
+        self, model: nn.Module, image: np.ndarray, entry: Any, out_dir: Path, name: str
+    ) -> dict[str, Any]:
+        """Predict one image, write its files under ``out_dir`` and return its ``predictions.json`` entry."""
+        raise NotImplementedError

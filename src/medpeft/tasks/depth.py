@@ -11,15 +11,24 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from medpeft.config import Config, ConfigError
-from medpeft.data.depth import DepthDataset, DepthRecord, read_depth_folder
+from medpeft.data.depth import (
+    DepthDataset,
+    DepthRecord,
+    colorize_depth,
+    read_depth_folder,
+    write_depth_picture,
+    write_depth_png16,
+)
 from medpeft.data.splits import load_split_file, split_records
+from medpeft.data.transforms import model_input, undo_resize
 from medpeft.metrics.depth import depth_metrics, median_scale
-from medpeft.tasks.base import Splits, Task, register_task
+from medpeft.tasks.base import PredictionWriter, Splits, Task, register_task
 from medpeft.tasks.depth_loss import align_scale_shift, silog_loss, ssi_loss
 
 METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
@@ -137,6 +146,11 @@ class DepthTask(Task):
         rows = self.scores(model, dataset)
         return sum(r["abs_rel"] for r in rows) / len(rows) if rows else math.nan
 
+    def prediction_writer(self) -> PredictionWriter:
+        return DepthWriter(
+            self.cfg.model.image_size, self.cfg.depth.scale, normalize_mode=self.cfg.data.normalize
+        )
+
     def describe(self, score: float) -> str:
         return f"validation AbsRel {score:.4f}"
 
@@ -151,8 +165,6 @@ def evaluate_depth(task: DepthTask, model: nn.Module, dataset: DepthDataset, out
     draw the best, median and worst images by AbsRel (image | ground truth | prediction, one colour scale)."""
     import csv
     import json
-
-    import numpy as np
 
     rows = task.scores(model, dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,10 +197,7 @@ def evaluate_depth(task: DepthTask, model: nn.Module, dataset: DepthDataset, out
 
 
 def _draw_case(task: DepthTask, model: nn.Module, dataset: DepthDataset, i: int, path: Path) -> None:
-    import numpy as np
     from PIL import Image
-
-    from medpeft.data.depth import colorize_depth
 
     item = dataset[i]
     image, gt, valid = item["image"][None].to(model.device), item["depth"][None], item["valid"][None]
@@ -210,3 +219,42 @@ def format_depth_table(summary: dict[str, Any]) -> str:
     lines = [f"depth ({summary['kind']}, align {summary['align']}), {summary['images']} images"]
     lines += [f"{m:<10}{summary['mean'][m]:>10.4f} +- {summary['std'][m]:.4f}" for m in METRICS]
     return "\n".join(lines)
+
+
+class DepthWriter(PredictionWriter):
+    """16-bit PNG depth (``depth/``) and a colour-mapped picture (``pictures/``) at the input's size.
+
+    Metric models write depth / ``scale`` (so :func:`medpeft.data.depth.read_depth` with the same
+    scale reads metres back). Relative models predict affine-invariant disparity, which has no metric
+    depth: they write that disparity scaled to 1-65535 per image, and ``predictions.json`` says so.
+    """
+
+    task = "depth"
+
+    def __init__(
+        self, image_size: int, scale: float, resize_mode: str = "resize", normalize_mode: str = "sam"
+    ) -> None:
+        self.image_size, self.scale = image_size, scale
+        self.resize_mode, self.normalize_mode = resize_mode, normalize_mode
+
+    def describe(self, model: nn.Module) -> dict[str, Any]:
+        if model.kind == "metric":
+            return {"depth_png": f"metric depth; metres = value * {self.scale}"}
+        return {"depth_png": "relative disparity (larger = nearer), scaled per image to 1-65535; not metric"}
+
+    def write(
+        self, model: nn.Module, image: np.ndarray, entry: Any, out_dir: Path, name: str
+    ) -> dict[str, Any]:
+        tensor, meta = model_input(image, self.image_size, self.resize_mode, self.normalize_mode)
+        output = undo_resize(model(tensor.to(model.device))[0].float().cpu(), meta, "bilinear").numpy()[0]
+        if model.kind == "metric":
+            write_depth_png16(out_dir / "depth" / name, output, self.scale)
+            picture = output
+        else:
+            span = max(float(output.max() - output.min()), 1e-12)
+            write_depth_png16(out_dir / "depth" / name, 1.0 + 65534.0 * (output - output.min()) / span, 1.0)
+            picture = 1.0 / np.maximum(
+                output - output.min() + 1e-3 * span, 1e-12
+            )  # nearer = smaller, as depth
+        write_depth_picture(out_dir / "pictures" / name, picture)
+        return {"depth": f"depth/{name}", "picture": f"pictures/{name}"}

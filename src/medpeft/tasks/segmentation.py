@@ -16,7 +16,7 @@ from medpeft.data.readers import read_dataset
 from medpeft.data.records import ImageRecord
 from medpeft.data.splits import load_split_file, split_records
 from medpeft.models.prompts import Prompts
-from medpeft.tasks.base import Splits, Task, register_task
+from medpeft.tasks.base import PredictionWriter, Splits, Task, register_task
 from medpeft.tasks.segmentation_loss import SegmentationLoss
 
 
@@ -101,6 +101,11 @@ class SegmentationTask(Task):
         from medpeft.tasks.segmentation_eval import validate
 
         return validate(model, dataset, self.cfg.prompts.eval_mode, self.cfg.train.batch_size)
+
+    def prediction_writer(self) -> PredictionWriter:
+        from medpeft.tasks.segmentation_predict import SegmentationWriter
+
+        return SegmentationWriter(self.cfg.data.resize, self.cfg.data.normalize, self.cfg.eval.threshold)
 
     def describe(self, score: float) -> str:
         return f"validation Dice {score:.4f} ({self.cfg.prompts.eval_mode} prompts)"
