@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -42,7 +41,6 @@ class Backbone:
     presets: tuple[str, ...] = ()
     normalize: str = "sam"
     prompt_dim: Callable[[nn.Module], int] | None = None
-    save_merged: Callable[[nn.Module, Path], None] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 

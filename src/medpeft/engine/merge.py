@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from medpeft.backbones import get_backbone
 from medpeft.engine.build import merge_methods
 from medpeft.engine.restore import load_trained
 
@@ -29,9 +28,9 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
     if out.exists() and any(out.iterdir()) and not (out / HEAD_RECORD).is_file():
         raise ValueError(f"{out} holds files that are not a medpeft merge output; refusing to replace them")
     model, record, cfg = load_trained(checkpoint)
-    backbone = get_backbone(str(cfg.model.backbone))
-    if backbone.save_merged is None:
-        raise ValueError(f"backbone {backbone.name!r} has no merged format to write")
+    base = getattr(model, "transformers_model", None)
+    if base is None:
+        raise ValueError(f"backbone {cfg.model.backbone!r} has no transformers format to merge into")
     gen = torch.Generator().manual_seed(seed)
     size = int(cfg.model.image_size)
     probe = torch.randn(1, 3, size, size, generator=gen)
@@ -45,7 +44,7 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
-        backbone.save_merged(model, tmp)
+        base.save_pretrained(tmp)
         _write_head(model, record, str(checkpoint), diff, tmp)
         if out.exists():  # empty, or an earlier merge output (checked above)
             shutil.rmtree(out)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
-
 from medpeft.backbones.hub import saved_model_type
 from medpeft.backbones.registry import Backbone, register_backbone
 
@@ -25,11 +23,6 @@ def _claims(source: str) -> bool:
     )
 
 
-def save_merged(model: nn.Module, directory: Path) -> None:
-    """``save_pretrained`` of the wrapped model (loads with ``DepthAnythingForDepthEstimation.from_pretrained``)."""
-    model.dpt.save_pretrained(directory)
-
-
 DEPTH_ANYTHING = register_backbone(
     Backbone(
         name="depth_anything",
@@ -41,7 +34,6 @@ DEPTH_ANYTHING = register_backbone(
         targets=DEPTH_ANYTHING_TARGETS,
         default_image_size=518,
         presets=PRESET_NAMES,
-        save_merged=save_merged,
     )
 )
 

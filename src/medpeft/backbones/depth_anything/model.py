@@ -39,6 +39,11 @@ class DepthEstimator(nn.Module):
         self.dpt = dpt
 
     @property
+    def transformers_model(self) -> nn.Module:
+        """The wrapped transformers model: what ``medpeft merge`` saves with ``save_pretrained``."""
+        return self.dpt
+
+    @property
     def kind(self) -> str:
         return str(self.dpt.config.depth_estimation_type)
 

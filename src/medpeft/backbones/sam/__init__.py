@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from torch import nn
-
 from medpeft.backbones.hub import saved_model_type
 from medpeft.backbones.registry import Backbone, register_backbone
 
@@ -25,11 +21,6 @@ def _claims(source: str) -> bool:
     )
 
 
-def save_merged(model: nn.Module, directory: Path) -> None:
-    """``save_pretrained`` of the wrapped SamModel (loads with ``SamModel.from_pretrained``)."""
-    model.sam.save_pretrained(directory)
-
-
 SAM = register_backbone(
     Backbone(
         name="sam",
@@ -42,7 +33,6 @@ SAM = register_backbone(
         default_image_size=256,
         presets=PRESET_NAMES + BUNDLED_NAMES,
         prompt_dim=lambda base: int(base.config.prompt_encoder_config.hidden_size),
-        save_merged=save_merged,
     )
 )
 

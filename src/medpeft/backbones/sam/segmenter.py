@@ -45,6 +45,11 @@ class SamSegmenter(nn.Module):
         self.class_prompt = class_prompt
 
     @property
+    def transformers_model(self) -> nn.Module:
+        """The wrapped transformers model: what ``medpeft merge`` saves with ``save_pretrained``."""
+        return self.sam
+
+    @property
     def image_size(self) -> int:
         return int(self.sam.config.vision_config.image_size)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
-
 from medpeft.backbones.hub import looks_like_path, saved_model_type
 from medpeft.backbones.registry import Backbone, register_backbone
 
@@ -25,11 +23,6 @@ def _claims(source: str) -> bool:
     )
 
 
-def save_merged(model: nn.Module, directory: Path) -> None:
-    """``save_pretrained`` of the wrapped Sam2Model (loads with ``Sam2Model.from_pretrained``)."""
-    model.sam.save_pretrained(directory)
-
-
 SAM2 = register_backbone(
     Backbone(
         name="sam2",
@@ -42,7 +35,6 @@ SAM2 = register_backbone(
         default_image_size=256,
         presets=PRESET_NAMES,
         prompt_dim=lambda base: int(base.config.prompt_encoder_config.hidden_size),
-        save_merged=save_merged,
     )
 )
 
