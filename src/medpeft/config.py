@@ -99,7 +99,7 @@ class DataConfig(_Strict):
     format: Literal["auto", "folder", "sammed2d"] = "auto"
     labels: list[str] | None = None
     resize: Literal["longest_pad", "resize"] = "longest_pad"
-    normalize: Literal["sam", "minmax", "zscore"] = "sam"
+    normalize: Literal["auto", "sam", "minmax", "zscore"] = "auto"  # auto: the backbone's (ImageNet: sam)
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     split_file: Path | None = None
     seed: int = 0
@@ -252,6 +252,12 @@ class Config(_Strict):
                 f"task: {self.task!r} does not fit backbone {self.model.backbone!r} (a {native} model)"
             )
         self.__dict__["task"] = native
+        if self.data.normalize == "auto":
+            self.data.__dict__["normalize"] = get_backbone(str(self.model.backbone)).normalize
+        if native == "depth" and self.data.normalize != "sam":
+            raise ValueError(
+                f"data.normalize: depth models take ImageNet statistics ('sam'), got {self.data.normalize!r}"
+            )
         return self
 
 

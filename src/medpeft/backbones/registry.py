@@ -8,8 +8,7 @@ to wrap it for its task, and its table of symbolic adapter targets (peft's per-m
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -25,9 +24,11 @@ TARGET_NAMES = SYMBOLIC
 class Backbone:
     """One registered backbone family.
 
-    ``load(source, image_size) -> (base, identity)``: the base model and its :class:`BaseIdentity`; ``wrap(base, label_names, class_prompt)``: the
-    task model (a segmenter or a depth model) exposing ``target_table``; ``claims(source)``: whether
-    a ``model.base`` value belongs to this family (preset names, hub-id prefixes, saved configs).
+    ``load(source, image_size) -> (base, identity)``: the base model and its :class:`BaseIdentity`;
+    ``wrap(base, label_names, class_prompt)``: the task model (a segmenter or a depth model) exposing
+    ``target_table``; ``claims(source)``: whether a ``model.base`` value belongs to this family (preset
+    names, hub-id prefixes, saved configs); ``normalize``: the pixel normalisation its weights expect
+    (a ``data.normalize`` mode; all three foundations use ImageNet statistics, ``sam``).
     """
 
     name: str
@@ -41,7 +42,6 @@ class Backbone:
     presets: tuple[str, ...] = ()
     normalize: str = "sam"
     prompt_dim: Callable[[nn.Module], int] | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 _BACKBONES: dict[str, Backbone] = {}
