@@ -199,9 +199,10 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 
     from medpeft.config import parse_config
     from medpeft.engine import checkpoint as ckpt
-    from medpeft.engine.build import build_dataset, build_model, build_optimizer, build_splits
+    from medpeft.engine.build import build_model, build_optimizer
     from medpeft.engine.report import trainable_share
     from medpeft.optim import optimizer_state_numel
+    from medpeft.tasks.segmentation import build_dataset, build_splits
 
     torch.set_num_threads(job["threads"])
     run_dir = Path(job["run_dir"])

@@ -27,9 +27,10 @@ from medpeft.config import parse_config, parse_recorded_config
 from medpeft.data.collection import read_source
 from medpeft.data.splits import split_records
 from medpeft.engine import checkpoint as ckpt
-from medpeft.engine.build import build_dataset, build_model, build_splits
+from medpeft.engine.build import build_model
 from medpeft.engine.merge import merge_checkpoint
 from medpeft.engine.restore import load_trained
+from medpeft.tasks.segmentation import build_dataset, build_splits
 from medpeft.tasks.segmentation_eval import evaluate
 
 NAME = "sam-mini-med"

@@ -120,9 +120,9 @@ def evaluate(
 
     from medpeft.config import EvalConfig
     from medpeft.data.splits import SPLITS
-    from medpeft.engine.build import build_dataset, build_splits
     from medpeft.engine.restore import load_trained
     from medpeft.models.prompts import PROMPT_MODES
+    from medpeft.tasks.segmentation import build_dataset, build_splits
     from medpeft.tasks.segmentation_eval import evaluate as run_eval
     from medpeft.tasks.segmentation_eval import format_table
 

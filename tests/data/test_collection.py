@@ -199,7 +199,7 @@ def test_shared_foundation_collection_holds_out_the_target_subjects():
     shared_data("brats2015-sample")
     shared_data("kvasir-seg")
     from medpeft.config import load_config
-    from medpeft.engine.build import build_splits
+    from medpeft.tasks.segmentation import build_splits
 
     cfg = load_config("configs/foundation_sam_mini.yaml")
     splits = build_splits(cfg)

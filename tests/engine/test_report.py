@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from conftest import make_shapes_dataset, tiny_config_dict
 from medpeft.cli import app
 from medpeft.config import parse_config
-from medpeft.engine.build import build_dataset, build_model, build_optimizer, build_splits
+from medpeft.engine.build import build_model, build_optimizer
 from medpeft.engine.html_report import write_report
 from medpeft.engine.restore import load_trained
 from medpeft.engine.trainer import train
+from medpeft.tasks.segmentation import build_dataset, build_splits
 from medpeft.tasks.segmentation_eval import evaluate
 
 

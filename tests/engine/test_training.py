@@ -13,10 +13,10 @@ from conftest import tiny_config_dict, train_killed_at_loss_call
 from medpeft.backbones.sam.segmenter import SamSegmenter
 from medpeft.config import parse_config
 from medpeft.engine import checkpoint as ckpt
-from medpeft.engine.build import build_dataset, build_splits
 from medpeft.engine.merge import HEAD_FILE, merge_checkpoint
 from medpeft.engine.restore import load_trained
 from medpeft.engine.trainer import NonFiniteLoss, RunDirExists, train
+from medpeft.tasks.segmentation import build_dataset, build_splits
 from medpeft.tasks.segmentation_eval import predict_batches
 from medpeft.tasks.segmentation_loss import SegmentationLoss
 

@@ -14,19 +14,6 @@ from medpeft.backbones.hub import weights_sha256
 from medpeft.backbones.identity import BaseIdentity
 from medpeft.config import Config, ConfigError, method_configs
 from medpeft.engine.record import AdapterRecord
-from medpeft.tasks.base import Splits
-from medpeft.tasks.segmentation import build_dataset, build_splits
-
-__all__ = [  # the segmentation task's data builders are re-exported for the CLI and benchmarks
-    "Splits",
-    "apply_methods",
-    "build_dataset",
-    "build_model",
-    "build_optimizer",
-    "build_splits",
-    "make_record",
-    "merge_methods",
-]
 
 
 def configured_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn.Module | None:

@@ -10,11 +10,12 @@ from typing import Any
 
 from medpeft.config import load_config
 from medpeft.data.io import DataError
-from medpeft.engine.build import build_dataset, build_model, build_splits
+from medpeft.engine.build import build_model
 from medpeft.engine.html_report import write_report
 from medpeft.engine.restore import load_trained
 from medpeft.engine.rundir import check_replaceable, data_paths
 from medpeft.engine.trainer import train
+from medpeft.tasks.segmentation import build_dataset, build_splits
 from medpeft.tasks.segmentation_eval import evaluate, format_table
 
 MODES = ("box", "auto")
