@@ -107,15 +107,20 @@ class SamSegmenter(nn.Module):
 
     def forward(self, images: torch.Tensor, prompts: Prompts | None = None) -> torch.Tensor:
         """Segment ``images`` [B, 3, S, S]; returns per-class logits [B, C, S, S]."""
+        return self.segment(self.image_embeddings(images), prompts, images.shape[-2:])
+
+    def segment(
+        self, embeddings: torch.Tensor | list[torch.Tensor], prompts: Prompts | None, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Decode image embeddings (possibly fused with other features) under ``prompts`` to logits at ``size``."""
         prompts = prompts or Prompts()
-        batch_size, _, height, width = images.shape
-        embeddings = self.image_embeddings(images)
         last = embeddings[-1] if isinstance(embeddings, (list, tuple)) else embeddings
+        batch_size = last.shape[0]
         sparse = self.sparse_tokens(prompts, batch_size)
         dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         dense = dense.expand(batch_size, -1, *last.shape[-2:])
         low_res = self.decode(embeddings, sparse, dense)
-        return F.interpolate(low_res, size=(height, width), mode="bilinear", align_corners=False)
+        return F.interpolate(low_res, size=tuple(size), mode="bilinear", align_corners=False)
 
     @property
     def device(self) -> torch.device:

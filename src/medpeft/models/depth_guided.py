@@ -1,0 +1,89 @@
+"""Depth-guided promptable segmentation: an RGB segmenter's image embedding fused with depth features
+by cross-attention, then decoded by the segmenter's own (promptable) mask decoder.
+
+The depth source is Depth Anything's DINOv2 encoder (its last feature map, CLS removed; frozen or
+adapted like any backbone), a depth map per image through a small convolutional stem, or none (the
+RGB-only ablation). Depth Anything sees the image resized to its patch grid (a multiple of 14).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medpeft.models.fusion import CrossAttentionFusion, DepthStem, Direction, tokens_to_grid
+from medpeft.models.prompts import Prompts
+
+DepthSource = Literal["depth_anything", "file", "none"]
+
+
+class DepthGuidedSegmenter(nn.Module):
+    """``rgb``: a SAM or SAM2 segmenter (``image_embeddings``, ``sparse_tokens``, ``decode``);
+    ``depth``: a Depth Anything model (source ``depth_anything``) or None. Calls take
+    ``depth_maps [B, 1, H, W]`` when the source is ``file``."""
+
+    def __init__(
+        self,
+        rgb: nn.Module,
+        depth: nn.Module | None,
+        source: DepthSource = "depth_anything",
+        direction: Direction = "depth_queries_rgb",
+        heads: int = 2,
+        residual: bool = True,
+    ) -> None:
+        super().__init__()
+        if (source == "depth_anything") != (depth is not None):
+            raise ValueError(
+                f"depth source {source!r} {'needs' if depth is None else 'takes no'} depth model"
+            )
+        self.rgb, self.depth, self.source = rgb, depth, source
+        width = int(rgb.sam.config.prompt_encoder_config.hidden_size)  # the mask decoder's embedding width
+        self.stem = DepthStem(width) if source == "file" else None
+        depth_channels = int(depth.dpt.config.backbone_config.hidden_size) if depth is not None else width
+        self.fusion = (
+            CrossAttentionFusion(width, depth_channels, width, heads, direction, residual)
+            if source != "none"
+            else None
+        )
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.rgb.label_names
+
+    @property
+    def image_size(self) -> int:
+        return self.rgb.image_size
+
+    @property
+    def target_table(self) -> dict[str, str]:
+        """Methods in ``adapters`` target the RGB encoder (the depth model's own table adapts it)."""
+        return {k: r"rgb\.(?:.*\.)?" + v for k, v in self.rgb.target_table.items()}
+
+    def depth_features(self, images: torch.Tensor, depth_maps: torch.Tensor | None) -> torch.Tensor:
+        """``[B, C, h, w]`` depth features of the batch from the configured source."""
+        if self.source == "file":
+            if depth_maps is None:
+                raise ValueError("depth source 'file' needs depth_maps [B, 1, H, W] with the images")
+            return self.stem(depth_maps)
+        patch = int(self.depth.dpt.config.patch_size)
+        side = max(patch, images.shape[-1] // patch * patch)
+        x = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
+        tokens = self.depth.dpt.backbone(x).feature_maps[-1]
+        return tokens_to_grid(tokens, side // patch, side // patch)
+
+    def forward(
+        self, images: torch.Tensor, prompts: Prompts | None = None, depth_maps: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        embeddings = self.rgb.image_embeddings(images)
+        levels = list(embeddings) if isinstance(embeddings, (list, tuple)) else [embeddings]
+        if self.fusion is not None:
+            levels[-1] = self.fusion(levels[-1], self.depth_features(images, depth_maps))
+        fused = levels if isinstance(embeddings, (list, tuple)) else levels[0]
+        return self.rgb.segment(fused, prompts, images.shape[-2:])
+
+    @property
+    def device(self) -> torch.device:
+        return self.rgb.device
