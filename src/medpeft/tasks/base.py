@@ -1,8 +1,10 @@
-"""What a task owns (its data, loss, validation score and checkpoint criterion) and the task registry.
+"""What a task owns (data, loss, log columns, validation score, checkpoint criterion, prediction
+writer) and the task registry.
 
 The one training loop (:func:`medpeft.engine.trainer.train`) asks the configured task for its splits and
 datasets, the loss of a batch, and a validation score; it selects the best checkpoint with the task's
-``better``. A new task is one module that registers a :class:`Task` subclass.
+``better``; ``medpeft predict`` writes through the task's :class:`PredictionWriter`. A new task is one
+module that registers a :class:`Task` subclass.
 """
 
 from __future__ import annotations
