@@ -238,7 +238,7 @@ def predict(
         if task is not None and task != cfg.task:
             _fail(f"--task {task}: {checkpoint} is a {cfg.task} checkpoint")
         writer = make_task(cfg).prediction_writer()
-        report = run_predict(model, inputs, out, prompts, overwrite=overwrite, writer=writer)
+        report = run_predict(model, inputs, out, writer, prompts, overwrite=overwrite)
     written, failed = report["images"], report["failed"]
     typer.echo(f"{len(written)} image(s) written, {len(failed)} failed" + (":" if failed else ""))
     for item in failed:

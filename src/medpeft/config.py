@@ -246,14 +246,15 @@ class Config(_Strict):
         method_configs(self.adapters)
         if self.task is not None and self.task not in TASK_NAMES:
             raise ValueError(f"task: {self.task!r} is not one of: {', '.join(TASK_NAMES)}")
-        native = get_backbone(str(self.model.backbone)).task
+        backbone = get_backbone(str(self.model.backbone))
+        native = backbone.task
         if self.task is not None and self.task != native:
             raise ValueError(
                 f"task: {self.task!r} does not fit backbone {self.model.backbone!r} (a {native} model)"
             )
         self.__dict__["task"] = native
         if self.data.normalize == "auto":
-            self.data.__dict__["normalize"] = get_backbone(str(self.model.backbone)).normalize
+            self.data.__dict__["normalize"] = backbone.normalize
         if native == "depth" and self.data.normalize != "sam":
             raise ValueError(
                 f"data.normalize: depth models take ImageNet statistics ('sam'), got {self.data.normalize!r}"

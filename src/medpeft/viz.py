@@ -84,26 +84,33 @@ def save_label_map(path: Path, masks: np.ndarray, probs: np.ndarray | None = Non
     Image.fromarray(label).save(path)
 
 
-def plot_training_curves(history: list[dict[str, float]], path: Path) -> None:
-    """Training loss (and its terms) and validation Dice against optimizer steps."""
+def plot_training_curves(
+    history: list[dict[str, float]],
+    path: Path,
+    metric: str = "dice",
+    terms: tuple[str, ...] = ("dice", "bce", "focal"),
+) -> None:
+    """Training loss (and its ``terms``) and the validation ``metric`` against optimizer steps."""
     train = [h for h in history if "loss" in h]
-    val = [h for h in history if h.get("val_dice") is not None]
+    key = f"val_{metric}"
+    val = [h for h in history if h.get(key) is not None]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5), dpi=100)
     if train:
         steps = [h["step"] for h in train]
-        for key in ("loss", "dice", "bce", "focal"):
-            if key in train[0]:
+        for term in ("loss", *terms):
+            if term in train[0]:
                 ax[0].plot(
-                    steps, [h.get(key, np.nan) for h in train], label=key, lw=1.2 if key == "loss" else 0.8
+                    steps, [h.get(term, np.nan) for h in train], label=term, lw=1.2 if term == "loss" else 0.8
                 )
         ax[0].set_xlabel("step")
         ax[0].set_ylabel("training loss")
         ax[0].legend()
     if val:
-        ax[1].plot([h["step"] for h in val], [h["val_dice"] for h in val], "o-")
+        ax[1].plot([h["step"] for h in val], [h[key] for h in val], "o-")
         ax[1].set_xlabel("step")
-        ax[1].set_ylabel("validation Dice")
-        ax[1].set_ylim(0, 1)
+        ax[1].set_ylabel(f"validation {'Dice' if metric == 'dice' else metric}")
+        if metric == "dice":
+            ax[1].set_ylim(0, 1)
     for a in ax:
         a.grid(alpha=0.3)
     fig.tight_layout()

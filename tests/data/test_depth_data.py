@@ -218,8 +218,8 @@ def _flips(ds: DepthDataset, plain: DepthDataset) -> list[bool]:
 def test_flip_reproducible_and_changes_with_epoch(tmp_path: Path) -> None:
     recs = read_depth_folder(make_depth_dataset(tmp_path / "ds", n=8, size=24))
     plain = DepthDataset(recs, 24, scale=DEPTH_SCALE)
-    a = DepthDataset(recs, 24, scale=DEPTH_SCALE, augment=True, seed=5)
-    b = DepthDataset(recs, 24, scale=DEPTH_SCALE, augment=True, seed=5)
+    a = DepthDataset(recs, 24, scale=DEPTH_SCALE, hflip_p=0.5, seed=5)
+    b = DepthDataset(recs, 24, scale=DEPTH_SCALE, hflip_p=0.5, seed=5)
     patterns = []
     for epoch in range(3):
         a.set_epoch(epoch)

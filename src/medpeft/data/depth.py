@@ -216,7 +216,8 @@ class DepthDataset(Dataset):
 
     ``resize`` is the segmentation dataset's mode: ``"resize"`` (default) squashes to S x S;
     ``"longest_pad"`` keeps the aspect ratio and zero-pads, where the image is 0 after normalisation
-    and ``valid`` is False. With ``augment``, items are flipped left-right with probability 0.5 from a
+    and ``valid`` is False. Items are flipped left-right with probability ``hflip_p`` (the config's
+    ``data.augment.hflip_p`` in training; the other augmentations do not apply to depth) from a
     generator seeded by (seed, epoch, index): call :meth:`set_epoch` each epoch (non-persistent
     DataLoader workers see it), and two datasets with equal seeds give equal items.
     """
@@ -228,7 +229,7 @@ class DepthDataset(Dataset):
         scale: float = 1.0,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        augment: bool = False,
+        hflip_p: float = 0.0,
         seed: int = 0,
         resize: str = "resize",
     ) -> None:
@@ -243,7 +244,9 @@ class DepthDataset(Dataset):
         self.scale = _check_scale(scale, "DepthDataset")
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
-        self.augment = bool(augment)
+        if not 0.0 <= hflip_p <= 1.0:
+            raise ValueError(f"hflip_p must be a probability in [0, 1], got {hflip_p}")
+        self.hflip_p = float(hflip_p)
         self.seed = int(seed)
         self.resize = resize
         self.epoch = 0
@@ -278,7 +281,7 @@ class DepthDataset(Dataset):
         image, stacked, meta = resize(image, depth[None], self.image_size, self.resize)
         assert stacked is not None
         region = valid_region(meta)
-        if self.augment and np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
+        if self.hflip_p and np.random.default_rng([self.seed, self.epoch, index]).random() < self.hflip_p:
             image, stacked = flip(image, stacked, 1)
             region = region[:, ::-1]
         x = (image.astype(np.float32) / 255.0 - self.mean) / self.std

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from medpeft.engine.build import merge_methods
+from medpeft.engine.record import AdapterRecord
 from medpeft.engine.restore import load_trained
 
 HEAD_FILE = "medpeft_head.safetensors"
@@ -55,7 +56,7 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
     return diff
 
 
-def _write_head(model, record: dict, source: str, diff: float, out: Path) -> None:
+def _write_head(model: torch.nn.Module, record: AdapterRecord, source: str, diff: float, out: Path) -> None:
     """What the transformers folder cannot hold: the class-prompt head and the label names."""
     if getattr(model, "class_prompt", None) is not None:
         head = {n: p.detach().contiguous() for n, p in model.class_prompt.state_dict().items()}

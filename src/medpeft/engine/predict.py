@@ -129,13 +129,10 @@ def predict(
     model: nn.Module,
     inputs: Path,
     out_dir: Path,
+    writer: PredictionWriter,
     prompt_file: Path | None = None,
-    resize_mode: str = "longest_pad",
-    normalize_mode: str = "sam",
-    threshold: float = 0.5,
     progress: bool = True,
     overwrite: bool = False,
-    writer: PredictionWriter | None = None,
 ) -> dict[str, Any]:
     """Predict every input image and write what the task writes (segmentation: ``masks/<stem>.png`` and
     ``overlays/<stem>.png``; depth: ``depth/<stem>.png`` and ``pictures/<stem>.png``) plus
@@ -147,10 +144,6 @@ def predict(
     "failed", "complete"}``).
     """
     labels = list(getattr(model, "label_names", []))
-    if writer is None:
-        from medpeft.tasks.segmentation_predict import SegmentationWriter
-
-        writer = SegmentationWriter(resize_mode, normalize_mode, threshold)
     out_dir = Path(out_dir)
     images = list_images(Path(inputs))
     stale = check_output_dir(out_dir, overwrite, images)

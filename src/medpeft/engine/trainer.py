@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from medpeft.adapters.registry import AdapterMethod
 from medpeft.config import Config, dump_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_model, build_optimizer, make_record
@@ -52,10 +53,10 @@ class TrainResult:
         return self.best_score if self.metric == "dice" else None
 
 
-def log_fields(task: Task, cfg: Config) -> list[str]:
+def log_fields(task: Task, penalties: list[AdapterMethod]) -> list[str]:
     """``log.csv`` columns: the task's loss terms, each configured method's penalty, the validation score."""
-    penalties = [m.penalty_name for m in method_penalties(cfg)]
-    return ["step", "epoch", "lr", "loss", *task.terms, *penalties, f"val_{task.metric}", "seconds"]
+    names = [m.penalty_name for m in penalties]
+    return ["step", "epoch", "lr", "loss", *task.terms, *names, f"val_{task.metric}", "seconds"]
 
 
 def find_resume_checkpoint(run_dir: Path, resume: bool, resume_from: Path | None) -> Path | None:
@@ -159,7 +160,7 @@ def train(
     )
     optimizer = build_optimizer(cfg, model)
     penalties = method_penalties(cfg)
-    fields = log_fields(task, cfg)
+    fields = log_fields(task, penalties)
     val_key = f"val_{task.metric}"
 
     batches_per_epoch = math.ceil(len(train_ds) / cfg.train.batch_size)
@@ -328,7 +329,7 @@ def train(
     if accelerator.is_main_process:
         from medpeft.viz import plot_training_curves
 
-        plot_training_curves(history, run_dir / "curves.png")
+        plot_training_curves(history, run_dir / "curves.png", task.metric, task.terms)
         if ckpt.pointed_checkpoints(run_dir):
             write_report(run_dir)
     return TrainResult(run_dir, step, best, task.metric, history, ckpt.resolve_pointer(run_dir, "best"))

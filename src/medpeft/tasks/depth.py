@@ -97,7 +97,7 @@ class DepthTask(Task):
             records,
             self.cfg.model.image_size,
             scale=self.cfg.depth.scale,
-            augment=train and self.cfg.data.augment.hflip_p > 0,
+            hflip_p=self.cfg.data.augment.hflip_p if train else 0.0,
             seed=self.cfg.train.seed,
         )
 
