@@ -10,13 +10,6 @@ from torch import nn
 from medpeft.adapters.registry import MethodConfig, register_method
 from medpeft.adapters.targets import inside, target_regex
 
-_SCOPE_TARGET = {"encoder": "encoder", "decoder": "decoder"}
-
-
-def _in_scope(model: nn.Module, scope: str, method: str) -> re.Pattern[str]:
-    """``all``: every name; otherwise the names inside the backbone's encoder or decoder."""
-    return re.compile(".*") if scope == "all" else inside(model, _SCOPE_TARGET[scope], method)
-
 
 class LayerNormConfig(MethodConfig):
     """``encoder``: the image encoder's norms (the backbone's ``encoder_norms``); ``all``: every LayerNorm."""
@@ -49,7 +42,8 @@ def apply_layernorm(model: nn.Module, cfg: LayerNormConfig) -> nn.Module:
 @register_method("bias", BiasConfig)
 def apply_bias(model: nn.Module, cfg: BiasConfig) -> nn.Module:
     """BitFit: unfreeze every parameter named ``bias`` (linear, conv and norm biases) in scope."""
-    scope, found = _in_scope(model, cfg.scope, "bias"), 0
+    scope = re.compile(".*") if cfg.scope == "all" else inside(model, cfg.scope, "bias")
+    found = 0
     for name, param in model.named_parameters():
         if name.rpartition(".")[2] == "bias" and scope.fullmatch(name):
             param.requires_grad_(True)

@@ -267,7 +267,7 @@ def merge_svd(model: nn.Module) -> nn.Module:
     return model
 
 
-@register_method("svd", SVDConfig, merge=merge_svd, penalty=lambda m: svd_penalty(m), penalty_name="svd_reg")
+@register_method("svd", SVDConfig, merge=merge_svd, penalty=svd_penalty, penalty_name="svd_reg")
 def apply_svd(model: nn.Module, cfg: SVDConfig) -> nn.Module:
     """Wrap every ``nn.Linear`` / ``nn.Conv2d`` whose qualified name matches a target regex."""
     targets = [*cfg.targets, *(["neck"] if cfg.include_neck else [])]

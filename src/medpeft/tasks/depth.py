@@ -27,7 +27,7 @@ from medpeft.data.depth import (
 )
 from medpeft.data.splits import load_split_file, split_records
 from medpeft.data.transforms import model_input, undo_resize
-from medpeft.metrics.depth import depth_metrics, median_scale
+from medpeft.metrics.depth import depth_metrics, median_scale, valid_depth_mask
 from medpeft.tasks.base import PredictionWriter, Splits, Task, register_task
 from medpeft.tasks.depth_loss import align_scale_shift, silog_loss, ssi_loss
 
@@ -126,11 +126,8 @@ class DepthTask(Task):
         try:
             for batch in DataLoader(dataset, batch_size=self.cfg.train.batch_size, shuffle=False):
                 image, gt = batch["image"].to(model.device), batch["depth"].to(model.device)
-                valid = batch["valid"].to(model.device).bool()
                 d = self.cfg.depth
-                valid &= gt > d.min_depth
-                if d.max_depth is not None:
-                    valid &= gt < d.max_depth
+                valid = valid_depth_mask(gt, batch["valid"].to(model.device), d.min_depth, d.max_depth)
                 pred = to_depth(model(image), gt, valid, model.kind, d.align, d.min_depth)
                 if d.max_depth is not None:
                     pred = pred.clamp_max(d.max_depth)
