@@ -45,6 +45,8 @@ class ModelConfig(_Strict):
             backbone = backbone_for(self.base, self.backbone)
         except KeyError as e:
             raise ValueError(f"model.backbone: {e.args[0]}") from None
+        except ValueError as e:
+            raise ValueError(f"model.base: {e}") from None
         size = backbone.default_image_size if self.image_size is None else self.image_size
         try:
             backbone.check_size(size)

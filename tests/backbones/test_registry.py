@@ -77,3 +77,13 @@ def test_missing_files_and_unknown_names_are_one_line_errors(tmp_path: Path) -> 
     odd.write_bytes(b"0")
     with pytest.raises(ValueError, match="expected .pth or .pt"):
         get_backbone("sam2").load(str(odd), 256)
+
+
+def test_a_name_no_family_has_lists_every_familys_presets() -> None:
+    from medpeft.config import ConfigError, parse_config
+
+    with pytest.raises(
+        ConfigError, match=r"model\.base: unknown base model 'sam2-bogus': not a preset \(.*sam2: sam2-tiny"
+    ):
+        parse_config({"model": {"base": "sam2-bogus"}})
+    assert backbone_for("owner/some-sam-finetune").name == "sam"  # an unclaimed hub id stays SAM's, as before

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
 from medpeft.adapters.targets import SYMBOLIC
+from medpeft.backbones.hub import looks_like_path
 from medpeft.backbones.identity import BaseIdentity
 
 # Symbolic target names every backbone maps to regexes over its module (or parameter) names (the
@@ -79,12 +81,16 @@ def get_backbone(name: str) -> Backbone:
 def backbone_for(source: str, name: str | None = None) -> Backbone:
     """The backbone of ``model.base`` = ``source``: ``name`` when given (checked), else the one that claims it.
 
-    A source no family claims (an unknown hub id or a SAM ``.pth``) is SAM's, as before there were others.
+    A hub id or file no family claims is SAM's, as before there were others; a bare name no family has
+    is an error listing every family's presets.
     """
     _load_builtin()
     if name is not None:
         return get_backbone(name)
     for backbone in _BACKBONES.values():
-        if backbone.name != "sam" and backbone.claims(source):
+        if backbone.claims(source):
             return backbone
+    if "/" not in source and not looks_like_path(source) and not Path(source).expanduser().exists():
+        presets = "; ".join(f"{b.name}: {', '.join(b.presets)}" for b in _BACKBONES.values())
+        raise ValueError(f"unknown base model {source!r}: not a preset ({presets}), path or hub id")
     return _BACKBONES["sam"]
