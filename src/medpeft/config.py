@@ -22,6 +22,41 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class DepthGuidedConfig(_Strict):
+    """Depth-guided segmentation (the SRFT-GaLore landmark system): the RGB segmenter's image embedding
+    fused by cross-attention with depth features, then decoded.
+
+    ``depth_source``: ``depth_anything`` (the encoder of ``depth_model``, frozen unless
+    ``depth_adapters`` lists methods for it, which use Depth Anything's target names), ``file`` (a
+    depth map per image, ``depth/<stem>`` beside ``images/``, through a small convolutional stem) or
+    ``none`` (RGB only, the ablation). ``direction``: who queries whom; ``residual: false`` reproduces
+    the release's bare attention output. ``decoder``: ``mask_decoder`` (the segmenter's own, so box,
+    point and automatic prompts work) or ``fpn`` (a light convolutional decoder over the RGB encoder's
+    FPN levels; prompts are ignored). ``output``: ``sigmoid`` per class, or ``softmax`` over mutually
+    exclusive classes and background. The fusion, depth stem and an ``fpn`` decoder always train.
+    """
+
+    depth_source: Literal["depth_anything", "file", "none"] = "depth_anything"
+    depth_model: str = "depth-anything/Depth-Anything-V2-Small-hf"  # hub id, local dir, .pth or preset
+    depth_adapters: list[dict[str, Any]] = Field(default_factory=list)  # methods on the depth encoder
+    direction: Literal["depth_queries_rgb", "rgb_queries_depth", "both"] = "depth_queries_rgb"
+    heads: int = Field(2, ge=1)
+    width: int = Field(256, ge=1)
+    residual: bool = True
+    decoder: Literal["mask_decoder", "fpn"] = "mask_decoder"
+    output: Literal["sigmoid", "softmax"] = "sigmoid"
+
+    @model_validator(mode="after")
+    def _check(self) -> DepthGuidedConfig:
+        if self.width % self.heads:
+            raise ValueError(f"depth_guided.width {self.width} must be divisible by heads {self.heads}")
+        try:
+            method_configs(self.depth_adapters)
+        except ValueError as e:
+            raise ValueError(f"depth_{e}") from None
+        return self
+
+
 class ModelConfig(_Strict):
     """Base model and prompt set-up.
 
@@ -36,6 +71,7 @@ class ModelConfig(_Strict):
     class_prompt: Literal["learned", "text", "none"] = "learned"
     text_encoder: str | None = None  # CLIP hub id or local dir, for class_prompt: text
     text_template: str = "{}"
+    depth_guided: DepthGuidedConfig | None = None  # fuse depth features into a SAM / SAM2 segmenter
 
     @model_validator(mode="after")
     def _backbone_and_size(self) -> ModelConfig:
@@ -98,8 +134,10 @@ class DataConfig(_Strict):
     """Where the images are and how to split and transform them."""
 
     root: Path | None = None
-    format: Literal["auto", "folder", "sammed2d"] = "auto"
+    format: Literal["auto", "folder", "sammed2d", "landmarks"] = "auto"
     labels: list[str] | None = None
+    line_width: int = Field(1, ge=1)  # landmark curves widened to bands this many pixels wide (odd)
+    colour_tolerance: float = Field(100.0, gt=0)  # RGB distance of colour-drawn contours (P2ILF)
     resize: Literal["longest_pad", "resize"] = "longest_pad"
     normalize: Literal["auto", "sam", "minmax", "zscore"] = "auto"  # auto: the backbone's (ImageNet: sam)
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -116,6 +154,13 @@ class DataConfig(_Strict):
     def _fractions(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if any(f < 0 for f in v) or not math.isclose(sum(v), 1.0, abs_tol=1e-6):
             raise ValueError(f"data.split must be three non-negative fractions summing to 1, got {list(v)}")
+        return v
+
+    @field_validator("line_width")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"must be odd (a band centred on the curve), got {v}")
         return v
 
     @model_validator(mode="after")
@@ -257,6 +302,16 @@ class Config(_Strict):
         self.__dict__["task"] = native
         if self.data.normalize == "auto":
             self.data.__dict__["normalize"] = backbone.normalize
+        if self.model.depth_guided is not None:
+            if native != "segmentation" or backbone.name not in ("sam", "sam2"):
+                raise ValueError(
+                    f"model.depth_guided: fuses depth into a SAM or SAM2 segmenter, not {backbone.name!r}"
+                )
+            if self.model.depth_guided.output == "softmax" and self.data.classes_per_image is not None:
+                raise ValueError(
+                    "model.depth_guided.output: softmax needs every class in every item; unset "
+                    "data.classes_per_image"
+                )
         if native == "depth" and self.data.normalize != "sam":
             raise ValueError(
                 f"data.normalize: depth models take ImageNet statistics ('sam'), got {self.data.normalize!r}"

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from .io import image_size, load_image, load_masks
+from .depth import read_depth
+from .io import DataError, image_size, load_image, load_masks
 from .prompt_sampling import eval_prompts, train_prompts
 from .records import ImageRecord
 from .transforms import (
@@ -49,7 +50,10 @@ class SegmentationDataset(Dataset):
     Items are dicts: ``image`` float [3,S,S], ``masks`` float [C,S,S], ``boxes`` float [C,4],
     ``box_valid`` bool [C], ``points`` float [C,N,2], ``point_labels`` long [C,N],
     ``class_ids`` long [C], ``class_valid`` bool [C] and ``index`` int, with
-    N = n_pos_points + n_neg_points. ``class_valid`` is False for labels the image is not
+    N = n_pos_points + n_neg_points; with ``depth_scale`` set, also ``depth`` float [1,S,S]: the
+    record's depth map (``ImageRecord.depth``, stored value x ``depth_scale``), resized and augmented
+    with the image (nearest neighbour) and min-max scaled to [0.1, 1] over its valid pixels per frame
+    (0 where invalid or padded), the input of a depth-guided model's depth stem. ``class_valid`` is False for labels the image is not
     annotated for (``ImageRecord.annotated``, in a source collection).
 
     ``classes_per_image=K`` gives K slots per item instead of one per label: labels the image is
@@ -81,6 +85,7 @@ class SegmentationDataset(Dataset):
         box_jitter_px: float = 20.0,
         cache: bool | None = None,
         classes_per_image: int | None = None,
+        depth_scale: float | None = None,
     ) -> None:
         if resize not in RESIZE_MODES:
             raise ValueError(f"unknown resize {resize!r}; expected one of {RESIZE_MODES}")
@@ -110,6 +115,15 @@ class SegmentationDataset(Dataset):
         self.classes_per_image = classes_per_image
         self.cache = len(self.records) <= CACHE_AUTO_LIMIT if cache is None else cache
         self._cache: dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
+        self.depth_scale = depth_scale
+        self._depth_cache: dict[str, np.ndarray] = {}
+        if depth_scale is not None:
+            missing = [r.image for r in self.records if r.depth is None]
+            if missing:
+                raise DataError(
+                    f"image {missing[0]} has no depth map (depth/<stem>.png|npy|tif beside images/); "
+                    f"the depth source 'file' needs one per image ({len(missing)} missing)"
+                )
 
     @property
     def num_classes(self) -> int:
@@ -142,6 +156,25 @@ class SegmentationDataset(Dataset):
         if self.cache:
             self._cache[key] = (image, masks, meta)
         return image, masks, meta
+
+    def load_depth(self, index: int) -> np.ndarray:
+        """float32 [S, S] depth of one record, resized like its image, scaled by :func:`unit_range` (cached if enabled)."""
+        rec = self.records[index]
+        key = str(rec.depth)
+        if key in self._depth_cache:
+            return self._depth_cache[key]
+        depth = read_depth(rec.depth, self.depth_scale or 1.0)
+        hw = image_size(rec.image)
+        if depth.shape != hw:
+            raise DataError(
+                f"depth map {rec.depth} is {depth.shape[1]}x{depth.shape[0]} (WxH) but its image {rec.image} "
+                f"is {hw[1]}x{hw[0]}; expected equal sizes"
+            )
+        _, resized, _ = resize(np.zeros((*hw, 3), np.uint8), depth[None], self.image_size, self.resize)
+        out = unit_range(resized[0])
+        if self.cache:
+            self._depth_cache[key] = out
+        return out
 
     def _slots(
         self, index: int, masks: np.ndarray, rng: np.random.Generator
@@ -185,8 +218,14 @@ class SegmentationDataset(Dataset):
         valid = valid_region(meta)
         rng = self._rng(index)
         class_ids, class_valid, masks = self._slots(index, masks, rng)
+        depth = self.load_depth(index) if self.depth_scale is not None else None
         if self.augment is not None:
-            image, stacked = augment(image, np.concatenate([masks, valid[None]]), rng, self.augment)
+            maps = [masks, valid[None]] if depth is None else [masks, valid[None], depth[None]]
+            if depth is not None:  # float stack: geometry is applied to the depth map too
+                maps = [m.astype(np.float32) for m in maps]
+            image, stacked = augment(image, np.concatenate(maps), rng, self.augment)
+            if depth is not None:
+                depth, stacked = stacked[-1], stacked[:-1] > 0.5
             masks, valid = stacked[:-1], stacked[-1]
         x = normalize(image, self.normalize)
         x[~valid] = 0.0
@@ -210,7 +249,7 @@ class SegmentationDataset(Dataset):
             else:
                 p = eval_prompts(masks[k], rng, self.n_pos_points, self.n_neg_points, valid)
             boxes[k], box_valid[k], points[k], point_labels[k] = p.box, p.box_valid, p.points, p.point_labels
-        return {
+        item = {
             "image": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))),
             "masks": torch.from_numpy(masks.astype(np.float32)),
             "boxes": torch.from_numpy(boxes),
@@ -221,6 +260,20 @@ class SegmentationDataset(Dataset):
             "class_valid": torch.from_numpy(class_valid),
             "index": index,
         }
+        if depth is not None:
+            item["depth"] = torch.from_numpy(np.ascontiguousarray(depth, np.float32))[None]
+        return item
+
+
+def unit_range(depth: np.ndarray) -> np.ndarray:
+    """Depth scaled to [0.1, 1] over its valid (> 0) pixels, invalid pixels 0 (so they stay apart). Per
+    frame, so the depth stem sees relative shape whatever the file's unit or the camera's distance."""
+    valid = np.isfinite(depth) & (depth > 0)
+    out = np.zeros(depth.shape, np.float32)
+    if valid.any():
+        lo, hi = float(depth[valid].min()), float(depth[valid].max())
+        out[valid] = 0.1 + 0.9 * (depth[valid] - lo) / (hi - lo) if hi > lo else 0.55
+    return out
 
 
 def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:

@@ -183,6 +183,19 @@ def _unmatched(names: set[str], what: str) -> str:
     return f"{len(names)} {what}: {', '.join(shown)}{more}"
 
 
+def depth_beside(root: Path, images: dict[str, Path]) -> dict[str, Path]:
+    """Depth maps ``root/depth/<stem>`` of a segmentation dataset's frames (for depth-guided models):
+    none when there is no ``depth/`` folder; otherwise every frame needs one."""
+    folder = Path(root) / "depth"
+    if not folder.is_dir():
+        return {}
+    depths = image_files(folder, DEPTH_EXTENSIONS)
+    missing = set(images) - set(depths)
+    if missing:
+        raise DataError(f"{folder}: {_unmatched(missing, 'frames without a depth map')}")
+    return depths
+
+
 def read_depth_folder(root: Path) -> list[DepthRecord]:
     """Pair ``root/images/*`` with ``root/depth/*`` by file stem, sorted by name.
 

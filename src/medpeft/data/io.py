@@ -107,6 +107,8 @@ def load_masks(record: ImageRecord, label_names: list[str]) -> np.ndarray:
     """Per-label binary masks bool [C, H, W] in ``label_names`` order; an absent label is all False."""
     hw = image_size(record.image)
     out = np.zeros((len(label_names), *hw), bool)
+    if record.contours is not None:
+        return _contour_masks(record, label_names, hw)
     if record.label_map is not None:
         arr = _read_mask(record.label_map, hw, record.image)
         values = record.label_values
@@ -130,6 +132,29 @@ def load_masks(record: ImageRecord, label_names: list[str]) -> np.ndarray:
         paths += record.extra_masks.get(name, [])
         for p in paths:
             out[c] |= _binary(_read_mask(p, hw, record.image))
+    if record.line_width > 1:
+        from .landmarks import thicken
+
+        out = np.stack([thicken(m, record.line_width) for m in out]) if len(out) else out
+    return out
+
+
+def _contour_masks(record: ImageRecord, label_names: list[str], hw: tuple[int, int]) -> np.ndarray:
+    """Landmark curves of a record drawn as colours or stored as contour XML, in ``label_names`` order."""
+    from .landmarks import read_colour_contours, read_contour_xml
+
+    path = Path(record.contours)
+    if path.suffix.lower() == ".xml":
+        curves = read_contour_xml(path, hw, record.line_width)
+    else:
+        curves = read_colour_contours(path, tolerance=record.colour_tolerance, line_width=record.line_width)
+        first = next(iter(curves.values()))
+        if first.shape != hw:
+            raise DataError(_size_message(path, first.shape, record.image, hw))
+    out = np.zeros((len(label_names), *hw), bool)
+    for c, name in enumerate(label_names):
+        if name in curves:
+            out[c] = curves[name]
     return out
 
 

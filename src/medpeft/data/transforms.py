@@ -225,11 +225,15 @@ def rot90(image: np.ndarray, masks: np.ndarray, k: int) -> tuple[np.ndarray, np.
 
 
 def rotate(image: np.ndarray, masks: np.ndarray, angle_deg: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate about the centre by ``angle_deg`` keeping the size; corners are filled with zeros."""
+    """Rotate about the centre by ``angle_deg`` keeping the size; corners are filled with zeros. ``masks``
+    [K, H, W] are boolean, or float maps resampled by nearest neighbour."""
     img = ndimage.rotate(image.astype(np.float32), angle_deg, axes=(1, 0), reshape=False, order=1)
     if image.dtype == np.uint8:
         img = np.clip(np.round(img), 0, 255).astype(np.uint8)
-    m = ndimage.rotate(masks.astype(np.uint8), angle_deg, axes=(2, 1), reshape=False, order=0) > 0
+    if masks.dtype == bool:
+        m = ndimage.rotate(masks.astype(np.uint8), angle_deg, axes=(2, 1), reshape=False, order=0) > 0
+    else:  # float maps (e.g. depth) stacked with the masks: nearest, so 0 = invalid stays unmixed
+        m = ndimage.rotate(masks, angle_deg, axes=(2, 1), reshape=False, order=0)
     return img, m
 
 

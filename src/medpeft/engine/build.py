@@ -58,25 +58,64 @@ def build_model(
     if backbone.prompt_dim is not None:
         class_prompt = configured_class_prompt(cfg, label_names, backbone.prompt_dim(base))
     model = backbone.wrap(base, label_names, class_prompt)
+    if cfg.model.depth_guided is not None:
+        model = depth_guided(model, cfg)
     model.base_state_keys = frozenset(model.state_dict())  # what a merge must come back to
     model.requires_grad_(False)
     if class_prompt is not None:
         for p in class_prompt.parameters():
             p.requires_grad_(True)
     apply_methods(model, cfg)
+    if cfg.model.depth_guided is not None:
+        if model.depth is not None:  # methods on the depth encoder, through its own target table
+            depth_lr = apply_methods(model.depth, cfg, cfg.model.depth_guided.depth_adapters, seed=200)
+            model.method_lr.update({f"depth.{n}": lr for n, lr in depth_lr.method_lr.items()})
+        for part in (model.fusion, model.stem, model.decoder):  # new modules always train
+            if part is not None:
+                part.requires_grad_(True)
     return model, identity
 
 
-def apply_methods(model: nn.Module, cfg: Config) -> nn.Module:
-    """Apply the configured adaptation methods in order (seeded, so re-application is identical).
+def depth_guided(segmenter: nn.Module, cfg: Config) -> nn.Module:
+    """Wrap a SAM / SAM2 segmenter as ``model.depth_guided`` configures (new modules seeded)."""
+    from medpeft.models.depth_guided import DepthGuidedSegmenter
+
+    dg = cfg.model.depth_guided
+    depth = None
+    if dg.depth_source == "depth_anything":
+        backbone = get_backbone("depth_anything")
+        torch.manual_seed(cfg.train.seed + 2)
+        size = max(14, int(cfg.model.image_size) // 14 * 14)
+        dpt, _ = backbone.load(dg.depth_model, size)
+        depth = backbone.wrap(dpt, [], None)
+    torch.manual_seed(cfg.train.seed + 3)
+    return DepthGuidedSegmenter(
+        segmenter,
+        depth,
+        dg.depth_source,
+        dg.direction,
+        dg.heads,
+        dg.residual,
+        dg.width,
+        dg.decoder,
+        dg.output,
+    )
+
+
+def apply_methods(
+    model: nn.Module, cfg: Config, adapters: list[dict[str, Any]] | None = None, seed: int = 100
+) -> nn.Module:
+    """Apply the adaptation methods (``adapters``, default ``cfg.adapters``) in order, seeded so that
+    re-application is identical.
 
     Sets ``model.method_lr``: parameter name -> learning rate of the method that made it trainable,
     for methods that set their own ``lr``.
     """
     method_lr: dict[str, float] = {}
-    for i, (name, method_cfg) in enumerate(method_configs(cfg.adapters)):
+    entries = cfg.adapters if adapters is None else adapters
+    for i, (name, method_cfg) in enumerate(method_configs(entries)):
         before = {n for n, p in model.named_parameters() if p.requires_grad}
-        torch.manual_seed(cfg.train.seed + 100 + i)
+        torch.manual_seed(cfg.train.seed + seed + i)
         get_method(name).apply(model, method_cfg)
         if method_cfg.lr is not None:
             for n, p in model.named_parameters():

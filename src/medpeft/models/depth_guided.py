@@ -4,6 +4,8 @@ by cross-attention, then decoded by the segmenter's own (promptable) mask decode
 The depth source is Depth Anything's DINOv2 encoder (its last feature map, CLS removed; frozen or
 adapted like any backbone), a depth map per image through a small convolutional stem, or none (the
 RGB-only ablation). Depth Anything sees the image resized to its patch grid (a multiple of 14).
+The decoder is the segmenter's promptable mask decoder on the fused embedding, or a light FPN decoder
+(automatic only); outputs are per-class sigmoid logits or softmax ones (:func:`softmax_logits`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medpeft.models.fpn_decoder import FPNDecoder, softmax_logits
 from medpeft.models.fusion import CrossAttentionFusion, DepthStem, Direction, tokens_to_grid
 from medpeft.models.prompts import Prompts
 
 DepthSource = Literal["depth_anything", "file", "none"]
+Decoder = Literal["mask_decoder", "fpn"]
+Output = Literal["sigmoid", "softmax"]
 
 
 class DepthGuidedSegmenter(nn.Module):
@@ -33,21 +38,39 @@ class DepthGuidedSegmenter(nn.Module):
         direction: Direction = "depth_queries_rgb",
         heads: int = 2,
         residual: bool = True,
+        width: int | None = None,
+        decoder: Decoder = "mask_decoder",
+        output: Output = "sigmoid",
     ) -> None:
         super().__init__()
         if (source == "depth_anything") != (depth is not None):
             raise ValueError(
                 f"depth source {source!r} {'needs' if depth is None else 'takes no'} depth model"
             )
-        self.rgb, self.depth, self.source = rgb, depth, source
-        width = int(rgb.sam.config.prompt_encoder_config.hidden_size)  # the mask decoder's embedding width
+        if decoder not in ("mask_decoder", "fpn") or output not in ("sigmoid", "softmax"):
+            raise ValueError(f"unknown decoder {decoder!r} or output {output!r}")
+        self.rgb, self.depth, self.source, self.output = rgb, depth, source, output
+        embed = int(rgb.sam.config.prompt_encoder_config.hidden_size)  # the mask decoder's embedding width
+        width = width or embed
         self.stem = DepthStem(width) if source == "file" else None
         depth_channels = int(depth.dpt.config.backbone_config.hidden_size) if depth is not None else width
         self.fusion = (
-            CrossAttentionFusion(width, depth_channels, width, heads, direction, residual)
+            CrossAttentionFusion(embed, depth_channels, width, heads, direction, residual, embed)
             if source != "none"
             else None
         )
+        self.decoder = None
+        if decoder == "fpn":
+            probe = torch.zeros(1, 3, self.image_size, self.image_size, device=rgb.device, dtype=rgb.dtype)
+            with torch.no_grad():
+                levels = rgb.image_embeddings(probe)
+            levels = levels if isinstance(levels, (list, tuple)) else [levels]
+            self.decoder = FPNDecoder([int(x.shape[1]) for x in levels], len(rgb.label_names))
+
+    @property
+    def takes_depth_maps(self) -> bool:
+        """Whether calls need ``depth_maps`` (the depth source is ``file``)."""
+        return self.source == "file"
 
     @property
     def label_names(self) -> list[str]:
@@ -77,12 +100,33 @@ class DepthGuidedSegmenter(nn.Module):
     def forward(
         self, images: torch.Tensor, prompts: Prompts | None = None, depth_maps: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """Per-class logits ``[B, C, H, W]`` (``prompts`` are ignored by the ``fpn`` decoder)."""
         embeddings = self.rgb.image_embeddings(images)
         levels = list(embeddings) if isinstance(embeddings, (list, tuple)) else [embeddings]
         if self.fusion is not None:
             levels[-1] = self.fusion(levels[-1], self.depth_features(images, depth_maps))
-        fused = levels if isinstance(embeddings, (list, tuple)) else levels[0]
-        return self.rgb.segment(fused, prompts, images.shape[-2:])
+        if self.decoder is not None:
+            scores = self.decoder(levels, images.shape[-2:])
+        else:
+            fused = levels if isinstance(embeddings, (list, tuple)) else levels[0]
+            scores = self.rgb.segment(fused, prompts, images.shape[-2:])
+        return softmax_logits(scores) if self.output == "softmax" else scores
+
+    @torch.no_grad()
+    def depth_picture_source(
+        self, images: torch.Tensor, depth_maps: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The depth the model used, as depth ``[B, 1, H, W]`` (larger = farther; 0 = unknown) for
+        pictures: the file's map, Depth Anything's own prediction (disparity inverted for relative
+        models), or None without a depth source."""
+        if self.source == "file":
+            return depth_maps
+        if self.source == "none":
+            return None
+        out = self.depth(images)
+        if self.depth.kind == "relative":
+            out = torch.where(out > 0, 1.0 / out.clamp_min(1e-6), torch.zeros_like(out))
+        return out
 
     @property
     def device(self) -> torch.device:

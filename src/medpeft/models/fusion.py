@@ -62,6 +62,7 @@ class CrossAttentionFusion(nn.Module):
     reverse; ``both``: the mean of the two. Each side is first projected to ``width`` channels (1x1
     convolution) and the depth map resized to the RGB grid (bilinear). With ``residual`` the queries are
     added back and the sum normalised (LayerNorm); without, the attention output is returned as it is.
+    ``out_channels`` (default ``width``): a 1x1 projection to the decoder's embedding width.
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class CrossAttentionFusion(nn.Module):
         heads: int = 2,
         direction: Direction = "depth_queries_rgb",
         residual: bool = True,
+        out_channels: int | None = None,
     ) -> None:
         super().__init__()
         if direction not in DIRECTIONS:
@@ -94,6 +96,8 @@ class CrossAttentionFusion(nn.Module):
             else None
         )
         self.norm = nn.LayerNorm(width) if residual else None
+        out_channels = out_channels or width
+        self.out_proj = nn.Conv2d(width, out_channels, 1) if out_channels != width else nn.Identity()
 
     def forward(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         b, _, h, w = rgb.shape
@@ -111,4 +115,4 @@ class CrossAttentionFusion(nn.Module):
         fused = torch.stack(outs).mean(0)
         if self.norm is not None:
             fused = self.norm(fused + torch.stack(queries).mean(0))
-        return fused.transpose(1, 2).reshape(b, -1, h, w)
+        return self.out_proj(fused.transpose(1, 2).reshape(b, -1, h, w))

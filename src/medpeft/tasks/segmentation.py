@@ -34,7 +34,13 @@ def build_splits(cfg: Config, root: Path | None = None) -> Splits:
         raise ConfigError(
             "data.root is not set: point it at a folder dataset or a SAM-Med2D json layout (or list data.sources)"
         )
-    records, labels = read_dataset(Path(root), format=cfg.data.format, labels=cfg.data.labels)
+    records, labels = read_dataset(
+        Path(root),
+        format=cfg.data.format,
+        labels=cfg.data.labels,
+        line_width=cfg.data.line_width,
+        colour_tolerance=cfg.data.colour_tolerance,
+    )
     if cfg.data.split_file is not None:
         parts = load_split_file(cfg.data.split_file, records)
     else:
@@ -60,7 +66,19 @@ def build_dataset(
         seed=cfg.train.seed,
         cache=cfg.data.cache,
         classes_per_image=cfg.data.classes_per_image,
+        depth_scale=cfg.depth.scale if reads_depth_files(cfg) else None,
     )
+
+
+def reads_depth_files(cfg: Config) -> bool:
+    """Whether the model takes a depth map file per image (``model.depth_guided.depth_source: file``)."""
+    dg = cfg.model.depth_guided
+    return dg is not None and dg.depth_source == "file"
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """Keyword inputs beyond images and prompts a batch carries for the model (depth maps)."""
+    return {"depth_maps": batch["depth"]} if "depth" in batch else {}
 
 
 def sample_mode(modes: dict[str, float], seed: int, step: int, micro: int) -> str:
@@ -94,7 +112,7 @@ class SegmentationTask(Task):
         self, model: nn.Module, batch: dict[str, Any], step: int, micro: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
         mode = sample_mode(self.cfg.prompts.train_modes, self.cfg.train.seed, step, micro)
-        logits = model(batch["image"], Prompts.from_batch(batch, mode))
+        logits = model(batch["image"], Prompts.from_batch(batch, mode), **model_inputs(batch))
         return self.loss_fn(logits, batch["masks"], batch.get("class_valid"))
 
     def validate(self, model: nn.Module, dataset: Dataset) -> float:

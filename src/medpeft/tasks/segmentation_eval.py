@@ -20,6 +20,7 @@ from medpeft.data.io import load_image, load_masks
 from medpeft.data.transforms import undo_resize
 from medpeft.metrics import assd_per_class, dice_per_class, hd95_per_class, iou_per_class, summarize
 from medpeft.models.prompts import Prompts
+from medpeft.tasks.segmentation import model_inputs
 from medpeft.viz import save_overlay
 
 METRICS = ("dice", "iou", "assd", "hd95")
@@ -201,7 +202,7 @@ def predict_batches(model: nn.Module, dataset: Dataset, mode: str, batch_size: i
     try:
         for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             batch = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            yield batch, model(batch["image"], Prompts.from_batch(batch, mode))
+            yield batch, model(batch["image"], Prompts.from_batch(batch, mode), **model_inputs(batch))
     finally:
         model.train(was_training)
 

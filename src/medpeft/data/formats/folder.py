@@ -6,6 +6,7 @@ Layout (``read_folder_dataset``)::
     root/masks/<stem>.<any of those>       # matched to its image by file stem
     root/labels.json                       # optional, {"1": "liver", "2": "spleen"}
     root/spacing.json                      # optional, {"<stem>": [row_mm, col_mm]}
+    root/depth/<stem>.png|npy|tif          # optional: depth maps, for depth-guided models
 
 How a mask is read is decided by ``labels.json``:
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..depth import depth_beside
 from ..io import IMAGE_EXTENSIONS, DataError, check_mask_size, image_files, should_check_sizes
 from ..labels import DEFAULT_LABEL, parse_labels_json, select_labels
 from ..records import ImageRecord
@@ -63,6 +65,7 @@ def read_folder_dataset(
 
     table = parse_labels_json(root / "labels.json") if (root / "labels.json").is_file() else None
     spacing = _read_spacing(root)
+    depths = depth_beside(root, images)
     if table is None or len(table) == 1:
         name = next(iter(table.values())) if table else DEFAULT_LABEL
         if labels is not None:
@@ -72,13 +75,17 @@ def read_folder_dataset(
                 )
             name = labels[0]
         label_names = [name]
-        records = [ImageRecord(p, masks={name: masks[s]}, spacing=spacing.get(s)) for s, p in images.items()]
+        records = [ImageRecord(p, masks={name: masks[s]}, spacing=spacing.get(s), depth=depths.get(s))
+            for s, p in images.items()
+        ]
     else:
         all_names = list(table.values())
         label_names = select_labels(all_names, labels, str(root / "labels.json"))
         values = {n: v for v, n in table.items() if n in label_names}
         records = [
-            ImageRecord(p, label_map=masks[s], label_values=values, spacing=spacing.get(s))
+            ImageRecord(
+                p, label_map=masks[s], label_values=values, spacing=spacing.get(s), depth=depths.get(s)
+            )
             for s, p in images.items()
         ]
     if should_check_sizes(check_sizes, len(images)):
