@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medpeft.config import ConfigError, load_config, method_configs
+from medpeft.config import ConfigError, load_config, method_configs, parse_config
 
 
 def test_defaults_and_overrides(tmp_path: Path) -> None:
@@ -59,3 +59,29 @@ def test_shipped_configs_parse(path: Path) -> None:
         "segmentation",
         "depth",
     )
+
+
+def test_depth_guided_config_errors_name_the_key() -> None:
+    cfg = parse_config({"model": {"base": "sam2-tiny", "depth_guided": {"depth_source": "file"}}})
+    assert cfg.model.depth_guided.residual and cfg.model.depth_guided.direction == "depth_queries_rgb"
+    cases = [
+        (
+            {"model": {"base": "depth-anything-tiny", "depth_guided": {}}},
+            "model.depth_guided: fuses depth into a SAM or SAM2",
+        ),
+        ({"model": {"depth_guided": {"width": 30, "heads": 4}}}, "width 30 must be divisible by heads 4"),
+        (
+            {"model": {"depth_guided": {"depth_adapters": [{"name": "lorax"}]}}},
+            "depth_adapters[0]: unknown adaptation method",
+        ),
+        ({"model": {"depth_guided": {"fusion": "x"}}}, "unknown config key 'model.depth_guided.fusion'"),
+        (
+            {"model": {"depth_guided": {"output": "softmax"}}, "data": {"classes_per_image": 1}},
+            "softmax needs every class in every item",
+        ),
+        ({"data": {"line_width": 4}}, "data.line_width: must be odd"),
+    ]
+    for data, message in cases:
+        with pytest.raises(ConfigError) as err:
+            parse_config(data)
+        assert message in str(err.value), str(err.value)

@@ -220,6 +220,10 @@ def predict(
     task: Annotated[
         str | None, typer.Option(help="segmentation or depth (default: the checkpoint's task; checked)")
     ] = None,
+    depth: Annotated[
+        Path | None,
+        typer.Option(help="Depth maps by stem, for a model with depth source 'file' (default: ../depth)"),
+    ] = None,
 ) -> None:
     """Segment new images (PNG label maps and overlays) or estimate depth (16-bit PNG depth and pictures).
 
@@ -238,6 +242,10 @@ def predict(
         if task is not None and task != cfg.task:
             _fail(f"--task {task}: {checkpoint} is a {cfg.task} checkpoint")
         writer = make_task(cfg).prediction_writer()
+        if depth is not None:
+            if getattr(writer, "depth_scale", None) is None:
+                _fail(f"--depth {depth}: this model takes no depth maps (its depth source is not 'file')")
+            writer.depth_dir = depth
         report = run_predict(model, inputs, out, writer, prompts, overwrite=overwrite)
     written, failed = report["images"], report["failed"]
     typer.echo(f"{len(written)} image(s) written, {len(failed)} failed" + (":" if failed else ""))

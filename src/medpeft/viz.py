@@ -34,17 +34,33 @@ def color(i: int) -> np.ndarray:
     return PALETTE[i % len(PALETTE)]
 
 
+def class_colours(labels: list[str]) -> np.ndarray:
+    """RGB per class [C, 3]: anatomical landmarks in their annotation colours (ridge red, ligament
+    blue, silhouette yellow, as drawn in P2ILF), other classes from the palette."""
+    from medpeft.data.landmarks import LANDMARK_COLOURS
+
+    return np.array(
+        [LANDMARK_COLOURS.get(n.lower(), tuple(color(i))) for i, n in enumerate(labels)], np.float32
+    ).reshape(-1, 3)
+
+
 def overlay(
-    image: np.ndarray, masks: np.ndarray, alpha: float = 0.45, outline: np.ndarray | None = None
+    image: np.ndarray,
+    masks: np.ndarray,
+    alpha: float = 0.45,
+    outline: np.ndarray | None = None,
+    colours: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Blend binary masks [C, H, W] over an RGB uint8 image; optional ground-truth ``outline`` [C, H, W]."""
+    """Blend binary masks [C, H, W] over an RGB uint8 image; optional ground-truth ``outline`` [C, H, W]
+    and class ``colours`` [C, 3] (default: the palette)."""
     out = image.astype(np.float32).copy()
+    pick = (lambda c: colours[c]) if colours is not None else color
     for c, m in enumerate(masks.astype(bool)):
-        out[m] = (1 - alpha) * out[m] + alpha * color(c)
+        out[m] = (1 - alpha) * out[m] + alpha * pick(c)
     if outline is not None:
         for c, m in enumerate(outline.astype(bool)):
             edge = m & ~_erode(m)
-            out[edge] = color(c) * 0.6 + 100
+            out[edge] = pick(c) * 0.6 + 100
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -54,15 +70,35 @@ def _erode(m: np.ndarray) -> np.ndarray:
 
 
 def save_overlay(
-    path: Path, image: np.ndarray, masks: np.ndarray, labels: list[str], truth: np.ndarray | None = None
+    path: Path,
+    image: np.ndarray,
+    masks: np.ndarray,
+    labels: list[str],
+    truth: np.ndarray | None = None,
+    depth: np.ndarray | None = None,
 ) -> None:
-    """Write an overlay PNG with a legend strip naming each class present."""
+    """Write an overlay PNG with a legend naming each class present; with ``depth`` [H, W] (larger =
+    farther, 0 = unknown), the depth map the model used is drawn beside it. Landmark curves are drawn
+    in their annotation colours and nearly opaque, so thin bands stay visible."""
+    from medpeft.data.landmarks import LANDMARK_COLOURS
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / max(1, image.shape[1])), dpi=100)
-    ax.imshow(overlay(image, masks, outline=truth))
+    colours = class_colours(labels)
+    curves = bool(labels) and all(n.lower() in LANDMARK_COLOURS for n in labels)
+    aspect = image.shape[0] / max(1, image.shape[1])
+    panels = 1 if depth is None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 5 * aspect), dpi=100, squeeze=False)
+    ax = axes[0, 0]
+    ax.imshow(overlay(image, masks, 0.85 if curves else 0.45, truth, colours))
     ax.axis("off")
+    if depth is not None:
+        from medpeft.data.depth import colorize_depth
+
+        axes[0, 1].imshow(colorize_depth(depth))
+        axes[0, 1].set_title("depth used (near red, far blue)", fontsize=8)
+        axes[0, 1].axis("off")
     handles = [
-        plt.Rectangle((0, 0), 1, 1, color=color(c) / 255) for c in range(len(labels)) if masks[c].any()
+        plt.Rectangle((0, 0), 1, 1, color=colours[c] / 255) for c in range(len(labels)) if masks[c].any()
     ]
     names = [labels[c] for c in range(len(labels)) if masks[c].any()]
     if handles:

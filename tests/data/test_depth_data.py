@@ -230,3 +230,34 @@ def test_flip_reproducible_and_changes_with_epoch(tmp_path: Path) -> None:
     assert any(any(p) for p in patterns) and not all(all(p) for p in patterns)
     assert patterns[0] != patterns[1] or patterns[1] != patterns[2]
     assert _flips(plain, plain) == [False] * 8
+
+
+def test_segmentation_items_carry_depth_augmented_with_the_masks(tmp_path: Path) -> None:
+    from medpeft.data.dataset import SegmentationDataset
+    from medpeft.data.readers import read_dataset
+    from medpeft.data.synthetic import make_depth_matters_dataset
+
+    root = make_depth_matters_dataset(tmp_path / "dm", n=3, size=64)
+    records, labels = read_dataset(root)
+    assert all(r.depth is not None for r in records)
+    augment = {"hflip_p": 1.0, "rot90_p": 1.0, "rotate_p": 1.0, "rotate_max_deg": 30.0}
+    for aug in (None, augment):
+        ds = SegmentationDataset(records, labels, 64, resize="resize", augment=aug, depth_scale=0.001)
+        item = ds[1]
+        depth, mask = item["depth"], item["masks"][0] > 0.5
+        valid = depth[0] > 0
+        assert (
+            depth.shape == (1, 64, 64) and float(depth.max()) <= 1.0 and float(depth[0][valid].min()) >= 0.1
+        )
+        if aug is None:  # [0.1, 1] on valid pixels, 0 elsewhere (rotation may cut off the extremes)
+            assert float(depth.max()) == pytest.approx(1.0) and float(depth[0][valid].min()) == pytest.approx(
+                0.1
+            )
+        # the raised disc is the mask: nearer (lower depth) than every surrounding pixel, after any augmentation
+        inside, outside = depth[0][mask & valid], depth[0][~mask & valid]
+        assert float(inside.max()) < float(outside.min())
+    plain = SegmentationDataset(records, labels, 64, resize="resize")
+    assert "depth" not in plain[0]
+    records[2].depth = None
+    with pytest.raises(DataError, match="frame002.png has no depth map"):
+        SegmentationDataset(records, labels, 64, depth_scale=0.001)

@@ -86,3 +86,66 @@ def test_source_and_depth_model_must_agree() -> None:
     model = DepthGuidedSegmenter(segmenter, None, "file")
     with pytest.raises(ValueError, match="needs depth_maps"):
         model(torch.randn(1, 3, 64, 64), Prompts(boxes=torch.zeros(1, 2, 4)))
+
+
+def _configured(source: str, **depth_guided):
+    from medpeft.engine.build import build_model
+
+    cfg = parse_config(
+        {
+            "model": {
+                "base": "sam2-tiny",
+                "image_size": 64,
+                "depth_guided": {
+                    "depth_source": source,
+                    "depth_model": "depth-anything-tiny",
+                    **depth_guided,
+                },
+            },
+            "adapters": [{"name": "lora", "r": 2}],
+        }
+    )
+    return build_model(cfg, ["ridge", "ligament", "silhouette"])[0]
+
+
+@pytest.mark.parametrize("source", ["depth_anything", "file", "none"])
+def test_fpn_decoder_with_softmax_output_from_config(source: str) -> None:
+    model = _configured(
+        source, decoder="fpn", output="softmax", width=16, depth_adapters=[{"name": "lora", "r": 2}]
+    )
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    expected = {"rgb", "decoder"} | ({"fusion"} if source != "none" else set())
+    expected |= {"stem"} if source == "file" else {"depth"} if source == "depth_anything" else set()
+    assert trainable == expected
+    depth_maps = torch.rand(2, 1, 64, 64) if source == "file" else None
+    logits = model(torch.randn(2, 3, 64, 64), None, depth_maps)
+    assert logits.shape == (2, 3, 64, 64)
+    assert float(torch.sigmoid(logits.detach()).sum(1).max()) < 1.0  # exclusive classes + background
+    logits.mean().backward()
+    assert all(p.grad is not None for p in model.decoder.parameters())
+    if source == "depth_anything":
+        assert any(
+            p.grad is not None and p.grad.abs().sum() > 0
+            for n, p in model.depth.named_parameters()
+            if "lora_B" in n
+        )
+
+
+def test_softmax_logits_are_the_softmax_against_background() -> None:
+    from medpeft.models.fpn_decoder import softmax_logits
+
+    scores = torch.randn(2, 4, 5, 5) * 4
+    scores[0, 0, 0, 0] = 80.0  # saturated: stays finite
+    logits = softmax_logits(scores)
+    expected = torch.softmax(torch.cat([torch.zeros(2, 1, 5, 5), scores], 1), 1)[:, 1:]
+    assert torch.allclose(torch.sigmoid(logits), expected, atol=1e-6)
+    assert torch.isfinite(logits).all()
+
+
+def test_info_reports_the_depth_guided_parts() -> None:
+    from medpeft.engine.report import parameter_counts
+
+    counts = parameter_counts(_configured("file", width=16))
+    assert counts["depth_stem"][0] == counts["depth_stem"][1] > 0  # new modules train in full
+    assert counts["fusion"][0] == counts["fusion"][1] > 0
+    assert 0 < counts["encoder"][0] < counts["encoder"][1]  # LoRA on the RGB encoder

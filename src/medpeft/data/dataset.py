@@ -170,8 +170,7 @@ class SegmentationDataset(Dataset):
                 f"depth map {rec.depth} is {depth.shape[1]}x{depth.shape[0]} (WxH) but its image {rec.image} "
                 f"is {hw[1]}x{hw[0]}; expected equal sizes"
             )
-        _, resized, _ = resize(np.zeros((*hw, 3), np.uint8), depth[None], self.image_size, self.resize)
-        out = unit_range(resized[0])
+        out = depth_input(depth, self.image_size, self.resize)
         if self.cache:
             self._depth_cache[key] = out
         return out
@@ -263,6 +262,13 @@ class SegmentationDataset(Dataset):
         if depth is not None:
             item["depth"] = torch.from_numpy(np.ascontiguousarray(depth, np.float32))[None]
         return item
+
+
+def depth_input(depth: np.ndarray, size: int, resize_mode: str) -> np.ndarray:
+    """A depth map [H, W] as a depth stem's input [S, S]: resized like its image (nearest, so invalid
+    zeros never blend in) and scaled by :func:`unit_range`."""
+    _, resized, _ = resize(np.zeros((*depth.shape, 3), np.uint8), depth[None], size, resize_mode)
+    return unit_range(resized[0])
 
 
 def unit_range(depth: np.ndarray) -> np.ndarray:

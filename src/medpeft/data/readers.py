@@ -10,7 +10,6 @@ from .formats.sammed2d import find_sammed2d_jsons, read_sammed2d_folder, read_sa
 from .io import DataError
 from .records import ImageRecord
 
-
 FORMATS = ("auto", "folder", "sammed2d", "landmarks")
 
 

@@ -15,8 +15,12 @@ GROUPS = ("encoder", "prompt_encoder", "decoder", "class_prompt")
 
 
 def group_of(model: nn.Module, name: str) -> str:
-    """The part of the model a parameter belongs to, from its backbone's target table."""
-    if name.startswith("class_prompt."):
+    """The part of the model a parameter belongs to: a part the model names itself (``part_prefixes``:
+    prefix -> part, e.g. a depth-guided model's fusion), else from its backbone's target table."""
+    for prefix, part in getattr(model, "part_prefixes", {}).items():
+        if name.startswith(prefix):
+            return part
+    if name.startswith("class_prompt.") or ".class_prompt." in name:
         return "class_prompt"
     for g in GROUPS[:3]:
         if has_target(model, g) and inside(model, g, "info").fullmatch(name):
@@ -38,7 +42,8 @@ def named_parameter_sizes(model: nn.Module) -> Iterator[tuple[str, int, bool]]:
 
 def parameter_counts(model: nn.Module) -> OrderedDict[str, tuple[int, int]]:
     """(trainable, total) numbers of parameters per model part."""
-    counts: OrderedDict[str, tuple[int, int]] = OrderedDict((g, (0, 0)) for g in (*GROUPS, "other"))
+    parts = (*GROUPS, *dict.fromkeys(getattr(model, "part_prefixes", {}).values()), "other")
+    counts: OrderedDict[str, tuple[int, int]] = OrderedDict((g, (0, 0)) for g in parts)
     for name, numel, trains in named_parameter_sizes(model):
         g = group_of(model, name)
         t, n = counts[g]
@@ -55,7 +60,12 @@ def trainable_share(model: nn.Module) -> tuple[int, int]:
 def parameter_report(model: nn.Module, cfg: Config) -> str:
     """A table of trainable parameters per part, and the total as a share of the whole model."""
     lines = [
-        f"methods: {', '.join(a['name'] for a in cfg.adapters)}",
+        f"methods: {', '.join(a['name'] for a in cfg.adapters) or 'none'}"
+        + (
+            f"; on the depth model: {', '.join(a['name'] for a in cfg.model.depth_guided.depth_adapters) or 'none (frozen)'}"
+            if cfg.model.depth_guided is not None and cfg.model.depth_guided.depth_source == "depth_anything"
+            else ""
+        ),
         f"{'part':<24}{'trainable':>14}{'total':>14}{'share':>9}",
     ]
     for g, (t, n) in parameter_counts(model).items():

@@ -67,6 +67,13 @@ class DepthGuidedSegmenter(nn.Module):
             levels = levels if isinstance(levels, (list, tuple)) else [levels]
             self.decoder = FPNDecoder([int(x.shape[1]) for x in levels], len(rgb.label_names))
 
+    part_prefixes = {  # parts of the model for parameter reports (medpeft info)
+        "depth.": "depth_model",
+        "stem.": "depth_stem",
+        "fusion.": "fusion",
+        "decoder.": "fpn_decoder",
+    }
+
     @property
     def takes_depth_maps(self) -> bool:
         """Whether calls need ``depth_maps`` (the depth source is ``file``)."""
@@ -91,11 +98,15 @@ class DepthGuidedSegmenter(nn.Module):
             if depth_maps is None:
                 raise ValueError("depth source 'file' needs depth_maps [B, 1, H, W] with the images")
             return self.stem(depth_maps)
+        x = self._depth_anything_input(images)
+        side = x.shape[-1] // int(self.depth.dpt.config.patch_size)
+        return tokens_to_grid(self.depth.dpt.backbone(x).feature_maps[-1], side, side)
+
+    def _depth_anything_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images resized to Depth Anything's patch grid (a multiple of its patch size)."""
         patch = int(self.depth.dpt.config.patch_size)
         side = max(patch, images.shape[-1] // patch * patch)
-        x = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
-        tokens = self.depth.dpt.backbone(x).feature_maps[-1]
-        return tokens_to_grid(tokens, side // patch, side // patch)
+        return F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False)
 
     def forward(
         self, images: torch.Tensor, prompts: Prompts | None = None, depth_maps: torch.Tensor | None = None
@@ -123,7 +134,8 @@ class DepthGuidedSegmenter(nn.Module):
             return depth_maps
         if self.source == "none":
             return None
-        out = self.depth(images)
+        out = self.depth(self._depth_anything_input(images))
+        out = F.interpolate(out, size=images.shape[-2:], mode="bilinear", align_corners=False)
         if self.depth.kind == "relative":
             out = torch.where(out > 0, 1.0 / out.clamp_min(1e-6), torch.zeros_like(out))
         return out

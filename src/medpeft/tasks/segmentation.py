@@ -123,7 +123,10 @@ class SegmentationTask(Task):
     def prediction_writer(self) -> PredictionWriter:
         from medpeft.tasks.segmentation_predict import SegmentationWriter
 
-        return SegmentationWriter(self.cfg.data.resize, self.cfg.data.normalize, self.cfg.eval.threshold)
+        depth_scale = self.cfg.depth.scale if reads_depth_files(self.cfg) else None
+        return SegmentationWriter(
+            self.cfg.data.resize, self.cfg.data.normalize, self.cfg.eval.threshold, depth_scale
+        )
 
     def describe(self, score: float) -> str:
         return f"validation Dice {score:.4f} ({self.cfg.prompts.eval_mode} prompts)"

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from medpeft.data.io import DataError, image_size, one_line
+from medpeft.data.dataset import depth_input
+from medpeft.data.depth import DEPTH_EXTENSIONS, read_depth
+from medpeft.data.io import DataError, image_files, image_size, one_line
 from medpeft.data.transforms import ResizeGeometry, model_input, undo_resize
 from medpeft.models.prompts import Prompts
 from medpeft.tasks.base import PredictionWriter
@@ -174,13 +176,39 @@ def image_prompts(
 
 
 class SegmentationWriter(PredictionWriter):
-    """Label maps (``masks/``) and overlays (``overlays/``) under box/point prompts or automatic mode."""
+    """Label maps (``masks/``) and overlays (``overlays/``) under box/point prompts or automatic mode.
 
-    def __init__(self, resize_mode: str, normalize_mode: str, threshold: float) -> None:
+    ``depth_scale`` set: the model takes a depth map file per image, found by stem in ``depth_dir``
+    (default: ``depth/`` beside the inputs' folder) and checked before anything is written. A
+    depth-guided model's overlay shows the depth it used beside the frame.
+    """
+
+    def __init__(
+        self,
+        resize_mode: str,
+        normalize_mode: str,
+        threshold: float,
+        depth_scale: float | None = None,
+        depth_dir: Path | None = None,
+    ) -> None:
         self.resize_mode, self.normalize_mode, self.threshold = resize_mode, normalize_mode, threshold
+        self.depth_scale, self.depth_dir = depth_scale, depth_dir
 
     def read_prompts(self, path: Path | None, labels: list[str], images: list[Path]) -> dict[str, Any]:
-        return read_prompt_file(path, labels, images)
+        data = read_prompt_file(path, labels, images)
+        if self.depth_scale is None:
+            return data
+        folder = self.depth_dir or images[0].parent.parent / "depth"
+        found = image_files(folder, DEPTH_EXTENSIONS) if folder.is_dir() else {}
+        for image in images:
+            if image.stem not in found:
+                raise DataError(
+                    f"{image}: no depth map {folder}/{image.stem}.png|npy|tif; this model takes one per "
+                    "image (pass --depth DIR)"
+                )
+            key = image.name if image.name in data else image.stem
+            data[key] = {**data.get(key, {}), "depth": found[image.stem]}
+        return data
 
     def write(
         self, model: nn.Module, image: np.ndarray, entry: Any, out_dir: Path, name: str
@@ -188,11 +216,24 @@ class SegmentationWriter(PredictionWriter):
         labels = model.label_names
         tensor, meta = model_input(image, model.image_size, self.resize_mode, self.normalize_mode)
         prompts, mode = image_prompts(entry, labels, meta)
-        logits = model(tensor.to(model.device), prompts.to(model.device))[0]
+        inputs: dict[str, torch.Tensor] = {}
+        if self.depth_scale is not None:
+            depth = read_depth(entry["depth"], self.depth_scale)
+            stem_input = depth_input(depth, model.image_size, self.resize_mode)
+            inputs["depth_maps"] = torch.from_numpy(stem_input)[None, None].to(model.device)
+        images = tensor.to(model.device)
+        logits = model(images, prompts.to(model.device), **inputs)[0]
         prob = undo_resize(torch.sigmoid(logits).cpu(), meta, "bilinear").numpy()
         masks = prob > self.threshold
         save_label_map(out_dir / "masks" / name, masks, prob)
-        save_overlay(out_dir / "overlays" / name, image, masks, labels)
+        shown = None
+        if hasattr(model, "depth_picture_source"):
+            used = model.depth_picture_source(images, inputs.get("depth_maps"))
+            if used is not None and self.depth_scale is not None:
+                shown = depth  # the file at its own resolution
+            elif used is not None:
+                shown = undo_resize(used[0].float().cpu(), meta, "nearest").numpy()[0]
+        save_overlay(out_dir / "overlays" / name, image, masks, labels, depth=shown)
         return {
             "mask": f"masks/{name}",
             "overlay": f"overlays/{name}",

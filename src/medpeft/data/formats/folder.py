@@ -75,7 +75,8 @@ def read_folder_dataset(
                 )
             name = labels[0]
         label_names = [name]
-        records = [ImageRecord(p, masks={name: masks[s]}, spacing=spacing.get(s), depth=depths.get(s))
+        records = [
+            ImageRecord(p, masks={name: masks[s]}, spacing=spacing.get(s), depth=depths.get(s))
             for s, p in images.items()
         ]
     else:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ..depth import depth_beside
 from ..io import DataError, image_files
-from ..landmarks import LANDMARK_COLOURS, CameraIntrinsics, read_intrinsics
 from ..labels import select_labels
+from ..landmarks import LANDMARK_COLOURS, CameraIntrinsics, read_intrinsics
 from ..records import ImageRecord
 
 CAMERA_FILE = "acquisition-camera-metadata.json"
