@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 from typer.testing import CliRunner
@@ -119,3 +120,93 @@ def test_predict_draws_curves_beside_the_depth_file(trained: tuple[Path, dict[st
         np.asarray(Image.open(tmp_path / "p4" / "masks" / "x.png"))
         == np.asarray(Image.open(out / "masks" / "frame000.png"))
     ).all()
+
+
+def test_merge_refuses_a_depth_guided_run_in_one_line(trained: tuple[Path, dict[str, float]]) -> None:
+    tmp_path, _ = trained
+    result = runner.invoke(app, ["merge", str(tmp_path / "run_file"), str(tmp_path / "merged")])
+    assert result.exit_code == 2 and "depth-guided model (sam2 + fusion)" in result.output
+    assert not (tmp_path / "merged").exists()
+
+
+class _Oracle(torch.nn.Module):
+    """Logits from the batch's own masks (or all negative): evaluation plumbing without a model."""
+
+    def __init__(self, empty: bool) -> None:
+        super().__init__()
+        self.empty = empty
+        self.masks: torch.Tensor | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def forward(self, images: torch.Tensor, prompts=None) -> torch.Tensor:
+        assert self.masks is not None
+        return torch.full_like(self.masks, -9.0) if self.empty else self.masks * 18.0 - 9.0
+
+
+def test_evaluate_scores_landmark_curves_with_stated_empty_conventions(tmp_path: Path) -> None:
+    from medpeft.data.dataset import SegmentationDataset
+    from medpeft.data.readers import read_dataset
+    from medpeft.tasks import segmentation_eval
+
+    root = tmp_path / "l3d"
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(root / "images" / "a.png")
+    for name, row in (("ridge", 5), ("silhouette", 20)):
+        (root / "masks" / name).mkdir(parents=True)
+        m = np.zeros((40, 30), np.uint8)
+        m[row, 2:28] = 255
+        Image.fromarray(m).save(root / "masks" / name / "a.png")
+    records, labels = read_dataset(root, line_width=3)
+    ds = SegmentationDataset(records, labels, 64, resize="resize", prompt_sampling="eval")
+    for empty, status, assd in ((False, "ok", 0.0), (True, "pred_empty", float(np.hypot(40, 30)))):
+        model = _Oracle(empty)
+        model.masks = ds[0]["masks"][None]
+        summary = segmentation_eval.evaluate(model, ds, "auto", tmp_path / f"eval{empty}", progress=False)
+        assert summary["curve_status"] == {status: 2}
+        assert summary["mean"]["curve_assd"] == pytest.approx(assd, abs=1e-6)
+        table = segmentation_eval.format_table(summary)
+        assert "curveASSD" in table and f"{status} 2" in table
+        header = (tmp_path / f"eval{empty}" / "per_image.csv").read_text().splitlines()[0]
+        assert "curve_assd" in header and "curve_status" in header
+
+
+def test_depth_anything_weights_are_recorded_and_checked_on_load(tmp_path: Path) -> None:
+    from medpeft.config import parse_config
+    from medpeft.engine import checkpoint as ckpt
+    from medpeft.engine.restore import load_trained
+    from medpeft.engine.trainer import train
+
+    data = make_depth_matters_dataset(tmp_path / "data", n=6, size=64)
+    cfg = parse_config(
+        {
+            "model": {
+                "base": "sam-tiny",
+                "image_size": 64,
+                "depth_guided": {
+                    "depth_model": "depth-anything-tiny",
+                    "width": 16,
+                    "depth_adapters": [{"name": "lora", "r": 2}],
+                },
+            },
+            "data": {"root": str(data), "split": [0.67, 0.33, 0.0]},
+            "prompts": {"train_modes": {"box": 1.0}},
+            "train": {"output_dir": str(tmp_path / "run"), "epochs": 1, "max_steps": 2, "batch_size": 2},
+        }
+    )
+    train(cfg, progress=False)
+    directory = ckpt.resolve_checkpoint(tmp_path / "run")
+    record = ckpt.read_record(directory)
+    assert record.depth_model is not None and record.depth_model.source == "depth-anything-tiny"
+    model, _, _ = load_trained(directory)  # the same seeded preset: hashes agree
+    assert any("lora_" in n for n, _ in model.depth.named_parameters())
+    meta = directory / ckpt.RECORD_FILE
+    edited = json.loads(meta.read_text())
+    edited["depth_model"]["sha256"] = "0" * 64
+    meta.write_text(json.dumps(edited))
+    with pytest.raises(
+        Exception, match=r"base model 'depth-anything-tiny' has weights hash .* trained on 000000"
+    ):
+        load_trained(directory)

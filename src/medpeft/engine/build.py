@@ -42,12 +42,17 @@ def load_base(cfg: Config) -> tuple[nn.Module, BaseIdentity]:
 
 
 def build_model(
-    cfg: Config, label_names: list[str], expected: BaseIdentity | None = None
+    cfg: Config,
+    label_names: list[str],
+    expected: BaseIdentity | None = None,
+    expected_depth: BaseIdentity | None = None,
 ) -> tuple[nn.Module, BaseIdentity]:
     """Base model, wrapped for its task (+ class prompt), with the adaptation methods applied and
     exactly the intended tensors trainable.
 
-    ``expected``: the recorded identity of the base an adapter was trained on; its weights hash must match.
+    ``expected`` / ``expected_depth``: the recorded identities of the base (and of a depth-guided model's
+    Depth Anything) an adapter was trained on; their weights hashes must match. A depth-guided model
+    carries its depth weights' identity as ``model.depth_identity``.
     """
     backbone = get_backbone(str(cfg.model.backbone))
     base, identity = load_base(cfg)
@@ -60,6 +65,8 @@ def build_model(
     model = backbone.wrap(base, label_names, class_prompt)
     if cfg.model.depth_guided is not None:
         model = depth_guided(model, cfg)
+        if expected_depth is not None and model.depth is not None:
+            check_base_identity(model.depth.dpt, expected_depth)
     model.base_state_keys = frozenset(model.state_dict())  # what a merge must come back to
     model.requires_grad_(False)
     if class_prompt is not None:
@@ -86,10 +93,10 @@ def depth_guided(segmenter: nn.Module, cfg: Config) -> nn.Module:
         backbone = get_backbone("depth_anything")
         torch.manual_seed(cfg.train.seed + 2)
         size = max(14, int(cfg.model.image_size) // 14 * 14)
-        dpt, _ = backbone.load(dg.depth_model, size)
+        dpt, identity = backbone.load(dg.depth_model, size)
         depth = backbone.wrap(dpt, [], None)
     torch.manual_seed(cfg.train.seed + 3)
-    return DepthGuidedSegmenter(
+    model = DepthGuidedSegmenter(
         segmenter,
         depth,
         dg.depth_source,
@@ -100,6 +107,8 @@ def depth_guided(segmenter: nn.Module, cfg: Config) -> nn.Module:
         dg.decoder,
         dg.output,
     )
+    model.depth_identity = identity.with_seed(cfg.train.seed + 2) if depth is not None else None
+    return model
 
 
 def apply_methods(
@@ -135,7 +144,11 @@ def merge_methods(model: nn.Module, cfg: Config) -> nn.Module:
 
 
 def make_record(
-    cfg: Config, identity: BaseIdentity, label_names: list[str], parameters: dict[str, int] | None = None
+    cfg: Config,
+    identity: BaseIdentity,
+    label_names: list[str],
+    parameters: dict[str, int] | None = None,
+    depth_identity: BaseIdentity | None = None,
 ) -> AdapterRecord:
     """The record stored beside every adapter file (step, epoch and scores are set per checkpoint)."""
     return AdapterRecord(
@@ -148,6 +161,7 @@ def make_record(
         image_size=int(cfg.model.image_size),
         class_prompt=cfg.model.class_prompt,
         parameters=parameters or {},
+        depth_model=depth_identity,
     )
 
 

@@ -30,6 +30,11 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
         raise ValueError(f"{out} holds files that are not a medpeft merge output; refusing to replace them")
     model, record, cfg = load_trained(checkpoint)
     base = getattr(model, "transformers_model", None)
+    if base is None and cfg.model.depth_guided is not None:
+        raise ValueError(
+            f"{checkpoint} is a depth-guided model ({cfg.model.backbone} + fusion); it has no single "
+            "transformers format to merge into: predict and evaluate from the checkpoint itself"
+        )
     if base is None:
         raise ValueError(f"backbone {cfg.model.backbone!r} has no transformers format to merge into")
     gen = torch.Generator().manual_seed(seed)

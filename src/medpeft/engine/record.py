@@ -24,7 +24,8 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class AdapterRecord:
-    """``scores``: the validation score(s) at this checkpoint (``val_dice`` or ``val_abs_rel``: None when
+    """``depth_model``: the identity of a depth-guided model's Depth Anything weights (checked like
+    ``base_model``). ``scores``: the validation score(s) at this checkpoint (``val_dice`` or ``val_abs_rel``: None when
     not validated), stored as top-level keys; ``parameters``: trainable and total counts; ``trainable``:
     the shape of every saved tensor; ``files``: SHA-256 per file (filled when written)."""
 
@@ -43,6 +44,7 @@ class AdapterRecord:
     trainable: dict[str, list[int]] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     medpeft_version: str = __version__
+    depth_model: BaseIdentity | None = None  # a depth-guided model's Depth Anything weights
 
     def at(self, step: int, epoch: int, **scores: float | None) -> AdapterRecord:
         """This record for the checkpoint of ``step`` (end of ``epoch``), with its validation scores."""
@@ -65,6 +67,8 @@ class AdapterRecord:
             trainable=self.trainable,
             files=self.files,
         )
+        if self.depth_model is not None:
+            out["depth_model"] = self.depth_model.to_json()
         out.update(self.scores)
         return out
 
@@ -103,4 +107,5 @@ class AdapterRecord:
             trainable=dict(data.get("trainable") or {}),
             files=dict(data["files"]),
             medpeft_version=str(data.get("medpeft_version", "")),
+            depth_model=BaseIdentity.from_json(data["depth_model"], where) if data.get("depth_model") else None,
         )

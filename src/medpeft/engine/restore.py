@@ -22,7 +22,9 @@ def load_trained(path: Path | str, base: str | None = None) -> tuple[nn.Module, 
     record = ckpt.read_record(directory)
     cfg = parse_recorded_config(record.config, source=str(directory / ckpt.RECORD_FILE))
     cfg.model.base = base or record.base_model.source
-    model, _ = build_model(cfg, record.label_names, expected=record.base_model)
+    model, _ = build_model(
+        cfg, record.label_names, expected=record.base_model, expected_depth=record.depth_model
+    )
     ckpt.load_adapter_tensors(model, directory, record)
     model.eval()
     return model, record, cfg

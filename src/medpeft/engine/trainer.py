@@ -157,6 +157,7 @@ def train(
         cfg,
         splits.label_names,
         expected=resume_record.base_model if resume_record else None,
+        expected_depth=resume_record.depth_model if resume_record else None,
     )
     optimizer = build_optimizer(cfg, model)
     penalties = method_penalties(cfg)
@@ -178,7 +179,11 @@ def train(
     )
     trainable_n, total_n = trainable_share(model)
     record = make_record(
-        cfg, identity, splits.label_names, parameters={"trainable": trainable_n, "total": total_n}
+        cfg,
+        identity,
+        splits.label_names,
+        parameters={"trainable": trainable_n, "total": total_n},
+        depth_identity=getattr(model, "depth_identity", None),
     )
 
     step, start_epoch, history = 0, 0, []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,12 @@ from medpeft.data.dataset import SegmentationDataset
 from medpeft.data.io import load_image, load_masks
 from medpeft.data.transforms import undo_resize
 from medpeft.metrics import assd_per_class, dice_per_class, hd95_per_class, iou_per_class, summarize
+from medpeft.metrics.curves import curve_scores
 from medpeft.models.prompts import Prompts
 from medpeft.tasks.segmentation import model_inputs
 from medpeft.viz import save_overlay
 
-METRICS = ("dice", "iou", "assd", "hd95")
+METRICS = ("dice", "iou", "assd", "hd95", "curve_assd")
 
 
 def evaluate(
@@ -39,14 +41,21 @@ def evaluate(
     batch_size: int = 2,
     progress: bool = True,
     not_scored: list[str] | None = None,
+    curves: bool | None = None,
 ) -> dict[str, Any]:
     """Score every image and class; writes ``per_image.csv``, ``summary.json`` and overlays to ``out_dir``.
+
+    ``curves`` (default: when the dataset holds landmark curves) adds ``curve_assd``
+    (:func:`medpeft.metrics.curves.curve_scores`: mean of the two directed mean distances, empty curves
+    by stated conventions) and counts each convention in ``summary["curve_status"]``.
 
     ``not_scored``: labels of the model the evaluated data does not annotate (listed in the summary and
     left out of the class mean). ``overlays``: draw the best, median and worst case of each class
     (``overlays/<image>.png``, listed in ``overlays.json``).
     """
     labels = [n for n in dataset.label_names if n not in (not_scored or [])]
+    if curves is None:
+        curves = any(r.contours is not None or r.line_width > 1 for r in dataset.records)
     rows: list[dict[str, Any]] = []
     index_of: dict[str, int] = {}
     bar = tqdm(total=len(dataset), desc=f"evaluate ({mode})", unit="img", disable=not progress)
@@ -76,11 +85,16 @@ def evaluate(
                     "pred_pixels": int(pred[c].sum()),
                 }
                 row.update({k: float(v[c]) for k, v in scores.items()})
+                if curves:
+                    curve = curve_scores(pred[c], truth[c], px)
+                    row.update(curve_assd=curve.assd, curve_status=curve.status)
                 rows.append(row)
             bar.update(1)
     bar.close()
     summary = summarize_rows(rows, labels, mode, units="mm" if spacing or _any_spacing(dataset) else "pixels")
     summary["labels_not_scored"] = list(not_scored or [])
+    if curves:
+        summary["curve_status"] = dict(Counter(r["curve_status"] for r in rows))
     if out_dir is not None:
         write_results(out_dir, rows, summary)
         if overlays:
@@ -168,6 +182,7 @@ def summarize_rows(rows: list[dict[str, Any]], labels: list[str], mode: str, uni
 def write_results(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     fields = ["image", "label", *[m for m in METRICS if rows and m in rows[0]], "gt_pixels", "pred_pixels"]
+    fields += ["curve_status"] if rows and "curve_status" in rows[0] else []
     with (out_dir / "per_image.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -177,20 +192,30 @@ def write_results(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, 
 
 def format_table(summary: dict[str, Any]) -> str:
     """A plain-text table of per-class and mean metrics."""
-    head = f"{'label':<24}{'n':>5}{'Dice':>9}{'IoU':>9}{'ASSD':>9}{'HD95':>9}"
+    curves = "curve_status" in summary
+    shown = METRICS if curves else METRICS[:-1]
+    head = f"{'label':<24}{'n':>5}{'Dice':>9}{'IoU':>9}{'ASSD':>9}{'HD95':>9}" + (
+        f"{'curveASSD':>10}" if curves else ""
+    )
     lines = [
         f"prompts: {summary['prompt_mode']}   distances in {summary['distance_units']}",
         head,
         "-" * len(head),
     ]
 
-    def fmt(v: float) -> str:
-        return f"{v:9.3f}" if isinstance(v, float) and math.isfinite(v) else f"{'-':>9}"
+    def fmt(v: float, m: str) -> str:
+        width = 10 if m == "curve_assd" else 9
+        return f"{v:{width}.3f}" if isinstance(v, float) and math.isfinite(v) else f"{'-':>{width}}"
 
     for name, s in summary["per_class"].items():
-        lines.append(f"{name[:23]:<24}{s['n']:>5}" + "".join(fmt(s[m]) for m in METRICS))
+        lines.append(f"{name[:23]:<24}{s['n']:>5}" + "".join(fmt(s[m], m) for m in shown))
     lines.append("-" * len(head))
-    lines.append(f"{'mean':<24}{summary['images']:>5}" + "".join(fmt(summary["mean"][m]) for m in METRICS))
+    lines.append(f"{'mean':<24}{summary['images']:>5}" + "".join(fmt(summary["mean"][m], m) for m in shown))
+    if curves:
+        lines.append(
+            "curveASSD: mean of the two directed mean distances between curves; empty curves: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(summary["curve_status"].items()))
+        )
     return "\n".join(lines)
 
 
