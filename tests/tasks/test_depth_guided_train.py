@@ -210,3 +210,39 @@ def test_depth_anything_weights_are_recorded_and_checked_on_load(tmp_path: Path)
         Exception, match=r"base model 'depth-anything-tiny' has weights hash .* trained on 000000"
     ):
         load_trained(directory)
+
+
+def test_paper_config_trains_on_the_p2ilf_frame(tmp_path: Path) -> None:
+    """configs/srft_galore_landmarks.yaml on tiny presets: GaLore-SRFT projects SAM2's attention
+    matrices at rank 64 / gap 50, Depth Anything's LoRA and the fusion train, the curves are read."""
+    from conftest import shared_data
+    from medpeft.config import load_config
+    from medpeft.engine.build import build_model, build_optimizer
+    from medpeft.engine.trainer import train
+
+    root = shared_data("p2ilf-sample")
+    overrides = [
+        "model.base=sam2-tiny",
+        "model.image_size=64",
+        "model.depth_guided.depth_model=depth-anything-tiny",
+        "model.depth_guided.width=16",
+        f"data.root={root}",
+        "data.split=[1.0, 0.0, 0.0]",
+        f"train.output_dir={tmp_path / 'run'}",
+        "train.max_steps=2",
+        "train.batch_size=1",
+    ]
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "configs" / "srft_galore_landmarks.yaml", overrides
+    )
+    assert (cfg.optimizer.rank, cfg.optimizer.update_gap, cfg.train.lr) == (64, 50, 5e-5)
+    model, _ = build_model(cfg, ["ridge", "ligament", "silhouette"])
+    optimizer = build_optimizer(cfg, model)
+    projected = [n for g in optimizer.param_groups if g.get("galore") for n in g["param_names"]]
+    assert projected and all(
+        n.startswith("rgb.sam.vision_encoder.backbone.blocks.") and ".attn." in n for n in projected
+    )
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"rgb", "depth", "fusion", "decoder"}
+    result = train(cfg, progress=False)
+    assert result.steps == 2
