@@ -130,7 +130,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("dataset", nargs="?", help="'synthetic', or a dataset folder (depth/<stem> maps add depth_file)")
+    p.add_argument(
+        "dataset", nargs="?", help="'synthetic', or a dataset folder (depth/<stem> maps add depth_file)"
+    )
     p.add_argument("--rgb", default="sam2-tiny", help="RGB segmenter: preset, hub id or local dir")
     p.add_argument(
         "--depth-model", default="depth-anything-tiny", help="Depth Anything preset, hub id or dir"

@@ -15,9 +15,10 @@ import typer
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Parameter-efficient fine-tuning of SAM on medical images.",
+    help="Parameter-efficient fine-tuning of SAM, SAM2 and Depth Anything on medical images.",
 )
 
+DEPTH_TASKS = ("depth", "selfsup_depth")  # tasks whose output is a depth map
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a config key, e.g. train.lr=3e-4")
 ]
@@ -132,7 +133,7 @@ def evaluate(
     split = split or ("all" if data else "test")
     with _one_line_errors():
         model, record, cfg = load_trained(checkpoint)
-        if cfg.task == "depth":
+        if cfg.task in DEPTH_TASKS:
             return _evaluate_depth(model, cfg, checkpoint, data, split, out)
         splits = build_splits(cfg, data)
         trained = record.label_names
@@ -170,10 +171,10 @@ def evaluate(
 def _evaluate_depth(model, cfg, checkpoint: Path, data: Path | None, split: str, out: Path | None) -> None:
     """``medpeft evaluate`` of a depth checkpoint: depth metrics per image, summary and pictures."""
     from medpeft.tasks.base import make_task
-    from medpeft.tasks.depth import build_depth_splits, evaluate_depth, format_depth_table
+    from medpeft.tasks.depth import evaluate_depth, format_depth_table
 
     task = make_task(cfg)
-    splits = build_depth_splits(cfg, data)
+    splits = task.splits(data)
     records = splits.train + splits.val + splits.test if split == "all" else getattr(splits, split)
     if not records:
         _fail(f"the {split!r} split of {data or 'the training data'} is empty")
@@ -251,7 +252,7 @@ def predict(
     typer.echo(f"{len(written)} image(s) written, {len(failed)} failed" + (":" if failed else ""))
     for item in failed:
         typer.echo(f"  {item['image']}: {item['error']}")
-    if cfg.task == "depth":
+    if cfg.task in DEPTH_TASKS:
         typer.echo(f"depth in {out}/depth ({report['depth_png']}), pictures in {out}/pictures")
     else:
         typer.echo(f"masks in {out}/masks, overlays in {out}/overlays (labels: {record.label_names})")
@@ -271,7 +272,9 @@ def info(
 
     with _one_line_errors():
         cfg = load_config(config, set_)
-        labels = [] if cfg.task == "depth" else cfg.data.labels or _labels_from_data(cfg) or ["foreground"]
+        labels = (
+            [] if cfg.task in DEPTH_TASKS else cfg.data.labels or _labels_from_data(cfg) or ["foreground"]
+        )
         model, identity = build_model(cfg, labels)
     typer.echo(
         f"base: {identity.source} ({identity.kind}{', random init' if identity.random_init else ''}), "

@@ -261,6 +261,52 @@ class DepthConfig(_Strict):
     max_depth: float | None = Field(None, gt=0)
 
 
+class SelfSupConfig(_Strict):
+    """Self-supervised depth from video (``task: selfsup_depth``; monodepth2 with DARES's choices).
+
+    ``offsets``: source frames relative to the target. ``photometric``: ``ms_ssim`` (DARES: ``alpha``
+    0.9 on 1 - MS-SSIM) or ``ssim`` (monodepth2: ``alpha`` 0.85 on (1 - SSIM) / 2); the rest is L1.
+    ``smoothness``: edge-aware smoothness weight (divided by 2^scale). ``automask``: drop pixels the
+    unwarped source explains better. ``scales``: disparity scales (the DPT neck's levels), each scored
+    at full resolution and averaged. ``min_depth``/``max_depth``: the range disparity maps to (DARES:
+    0.1-150). ``image_width``: frames are ``model.image_size`` high and this wide (multiples of 14;
+    default square). ``pose_encoder``: the pose network's ResNet (MONAI); ``pose_lr``: its learning
+    rate (default ``train.lr``).
+    """
+
+    offsets: list[int] = Field(default_factory=lambda: [-1, 1])
+    photometric: Literal["ms_ssim", "ssim"] = "ms_ssim"
+    alpha: float | None = Field(None, ge=0, le=1)  # default: 0.9 for ms_ssim, 0.85 for ssim
+    smoothness: float = Field(1e-3, ge=0)
+    automask: bool = True
+    scales: int = Field(4, ge=1, le=4)
+    min_depth: float = Field(0.1, gt=0)
+    max_depth: float = Field(150.0, gt=0)
+    image_width: int | None = Field(None, ge=14)
+    pose_encoder: Literal["resnet18", "resnet10", "tiny"] = "resnet18"
+    pose_lr: float | None = Field(None, gt=0)
+
+    @field_validator("offsets")
+    @classmethod
+    def _offsets(cls, v: list[int]) -> list[int]:
+        if not v or 0 in v or len(set(v)) != len(v):
+            raise ValueError(f"must be distinct non-zero frame offsets, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _range(self) -> SelfSupConfig:
+        if self.min_depth >= self.max_depth:
+            raise ValueError(f"min_depth {self.min_depth} must be below max_depth {self.max_depth}")
+        if self.image_width is not None and self.image_width % 14:
+            raise ValueError(f"image_width must be a multiple of 14, got {self.image_width}")
+        return self
+
+    @property
+    def weight(self) -> float:
+        """The SSIM term's weight ``alpha`` (the paper's default for the chosen error)."""
+        return self.alpha if self.alpha is not None else (0.9 if self.photometric == "ms_ssim" else 0.85)
+
+
 class EvalConfig(_Strict):
     """Evaluation settings."""
 
@@ -284,6 +330,7 @@ class Config(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     depth: DepthConfig = Field(default_factory=DepthConfig)
+    selfsup: SelfSupConfig = Field(default_factory=SelfSupConfig)
 
     @model_validator(mode="after")
     def _check_adapters(self) -> Config:
@@ -295,11 +342,15 @@ class Config(_Strict):
             raise ValueError(f"task: {self.task!r} is not one of: {', '.join(TASK_NAMES)}")
         backbone = get_backbone(str(self.model.backbone))
         native = backbone.task
+        if self.task is not None and self.task in backbone.other_tasks:
+            native = self.task
         if self.task is not None and self.task != native:
             raise ValueError(
                 f"task: {self.task!r} does not fit backbone {self.model.backbone!r} (a {native} model)"
             )
         self.__dict__["task"] = native
+        if native == "selfsup_depth" and "adapters" not in self.model_fields_set:
+            self.__dict__["adapters"] = list(DARES_ADAPTERS)  # DARES: Vector-LoRA on q and v, DPT head
         if self.data.normalize == "auto":
             self.data.__dict__["normalize"] = backbone.normalize
         if self.model.depth_guided is not None:
@@ -312,11 +363,17 @@ class Config(_Strict):
                     "model.depth_guided.output: softmax needs every class in every item; unset "
                     "data.classes_per_image"
                 )
-        if native == "depth" and self.data.normalize != "sam":
+        if native in ("depth", "selfsup_depth") and self.data.normalize != "sam":
             raise ValueError(
                 f"data.normalize: depth models take ImageNet statistics ('sam'), got {self.data.normalize!r}"
             )
         return self
+
+
+DARES_ADAPTERS: tuple[dict[str, Any], ...] = (
+    {"name": "vector_lora", "schedule": "dares", "r_max": 14, "r_min": 8, "targets": "qv"},
+    {"name": "decoder"},
+)
 
 
 def method_configs(adapters: list[dict[str, Any]]) -> list[tuple[str, BaseModel]]:

@@ -35,11 +35,12 @@ class VectorLoraConfig(MethodConfig):
     """Vector-LoRA (DARES): one rank per transformer block, shrinking with depth.
 
     Either ``ranks`` lists one rank per block, or ``schedule`` interpolates from ``r_max`` at the first
-    block to ``r_min`` at the last (``linear`` or ``geometric``). ``alpha_ratio`` sets alpha_i = ratio * r_i.
+    block to ``r_min`` at the last (``linear`` or ``geometric``), or steps down by 2 every two blocks
+    from ``r_max`` to ``r_min`` (``dares``: 14,14,12,12,10,10,8,8,8,8,8,8 over ViT-S's 12 blocks). ``alpha_ratio`` sets alpha_i = ratio * r_i.
     """
 
     ranks: list[int] | None = None
-    schedule: Literal["linear", "geometric"] = "linear"
+    schedule: Literal["linear", "geometric", "dares"] = "linear"
     r_max: int = Field(14, ge=1)
     r_min: int = Field(8, ge=1)
     alpha_ratio: float = Field(1.0, gt=0)
@@ -91,6 +92,8 @@ def vector_ranks(num_blocks: int, cfg: VectorLoraConfig) -> list[int]:
                 f"vector_lora.ranks has {len(cfg.ranks)} entries but the encoder has {num_blocks} blocks"
             )
         return list(cfg.ranks)
+    if cfg.schedule == "dares":
+        return [max(cfg.r_min, cfg.r_max - 2 * (i // 2)) for i in range(num_blocks)]
     if num_blocks == 1:
         return [cfg.r_max]
     ranks = []

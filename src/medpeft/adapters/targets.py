@@ -19,6 +19,7 @@ SYMBOLIC: tuple[str, ...] = (
     "qkv",
     "q",
     "v",
+    "qv",
     "attn_out",
     "attn",
     "mlp",

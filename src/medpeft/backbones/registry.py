@@ -30,7 +30,8 @@ class Backbone:
     ``wrap(base, label_names, class_prompt)``: the task model (a segmenter or a depth model) exposing
     ``target_table``; ``claims(source)``: whether a ``model.base`` value belongs to this family (preset
     names, hub-id prefixes, saved configs); ``normalize``: the pixel normalisation its weights expect
-    (a ``data.normalize`` mode; all three foundations use ImageNet statistics, ``sam``).
+    (a ``data.normalize`` mode; all three foundations use ImageNet statistics, ``sam``); ``task`` the
+    default task, ``other_tasks`` the others it serves (Depth Anything: ``selfsup_depth``).
     """
 
     name: str
@@ -44,6 +45,7 @@ class Backbone:
     presets: tuple[str, ...] = ()
     normalize: str = "sam"
     prompt_dim: Callable[[nn.Module], int] | None = None
+    other_tasks: tuple[str, ...] = ()  # further tasks a config may name (``task``) for this family
 
 
 _BACKBONES: dict[str, Backbone] = {}

@@ -8,6 +8,7 @@ tilted plane with the disc raised towards the camera.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +38,94 @@ def make_depth_matters_dataset(
         Image.fromarray(np.round(depth).astype(np.uint16)).save(root / "depth" / f"frame{i:03d}.png")
     (root / "labels.json").write_text(f'{{"1": "{label}"}}\n')
     return root
+
+
+# ----------------------------------------------------------------------------- rendered video
+
+
+@dataclass(frozen=True)
+class Surface:
+    """A textured, curved surface ``Z = base + tilt . (X, Y) - sum of bumps`` seen by cameras looking
+    along +Z (identity rotation): tissue-like folds and a raised dome, colour from smooth sinusoids."""
+
+    base: float
+    tilt: tuple[float, float]
+    bumps: tuple[tuple[float, float, float, float], ...]  # (x, y, height, width)
+    waves: tuple[tuple[float, float, float, int], ...]  # (fx, fy, phase, channel)
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> Surface:
+        bumps = tuple(
+            (
+                float(rng.uniform(-0.6, 0.6)),
+                float(rng.uniform(-0.5, 0.5)),
+                float(rng.uniform(0.25, 0.6)),
+                float(rng.uniform(0.25, 0.45)),
+            )
+            for _ in range(3)
+        )
+        waves = tuple(
+            (float(rng.uniform(-25, 25)), float(rng.uniform(-25, 25)), float(rng.uniform(0, 6.3)), i % 3)
+            for i in range(12)
+        )
+        return cls(
+            float(rng.uniform(1.8, 2.4)),
+            (float(rng.uniform(-0.2, 0.2)), float(rng.uniform(-0.2, 0.2))),
+            bumps,
+            waves,
+        )
+
+    def depth_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        z = self.base + self.tilt[0] * x + self.tilt[1] * y
+        for bx, by, bh, bw in self.bumps:
+            z = z - bh * np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * bw**2))
+        return z
+
+    def colour_at(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        rgb = np.stack([np.full_like(x, 0.55), np.full_like(x, 0.35), np.full_like(x, 0.35)], -1)
+        for fx, fy, phase, c in self.waves:
+            rgb[..., c] += 0.12 * np.sin(fx * x + fy * y + phase)
+        return np.clip(rgb, 0, 1)
+
+
+def render(
+    surface: Surface, centre: np.ndarray, k: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """RGB [H, W, 3] in [0, 1] and depth [H, W] of ``surface`` from a camera at ``centre`` (world
+    coordinates, looking along +Z), by ray marching to the surface (fixed-point iteration; the
+    surface is smooth, so it converges)."""
+    v, u = np.mgrid[:height, :width].astype(np.float64)
+    rays = np.linalg.inv(k) @ np.stack([u.ravel(), v.ravel(), np.ones(u.size)])
+    rx, ry = rays[0].reshape(height, width), rays[1].reshape(height, width)
+    z = np.full((height, width), surface.base - centre[2])  # depth along the optical axis
+    for _ in range(60):
+        z = surface.depth_at(centre[0] + z * rx, centre[1] + z * ry) - centre[2]
+    return surface.colour_at(centre[0] + z * rx, centre[1] + z * ry), z
+
+
+def make_video_dataset(
+    root: Path, sequences: int = 3, frames: int = 8, height: int = 56, width: int = 70, seed: int = 0
+) -> Path:
+    """Write rendered sequences (camera gliding over a surface): ``<seq>/images``, ``<seq>/depth``
+    (float32 ``.npy``, scene units) and ``<seq>/intrinsics.json``; returns ``root``."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    fx = 0.9 * width
+    k = np.array([[fx, 0, (width - 1) / 2], [0, fx, (height - 1) / 2], [0, 0, 1.0]])
+    for s in range(sequences):
+        folder = Path(root) / f"seq{s:02d}"
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "depth").mkdir(exist_ok=True)
+        surface = Surface.random(rng)
+        start = rng.uniform(-0.2, 0.2, 3) * np.array([1, 1, 0.5])
+        step = rng.uniform(0.07, 0.1) * np.array([np.cos(a := rng.uniform(0, 6.3)), np.sin(a), 0.0])
+        step[2] = rng.uniform(-0.02, 0.02)
+        for f in range(frames):
+            rgb, depth = render(surface, start + f * step, k, height, width)
+            Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(folder / "images" / f"{f:04d}.png")
+            np.save(folder / "depth" / f"{f:04d}.npy", depth.astype(np.float32))
+        (folder / "intrinsics.json").write_text(
+            json.dumps({"fx": fx, "fy": fx, "cx": k[0, 2], "cy": k[1, 2]}) + "\n"
+        )
+    return Path(root)

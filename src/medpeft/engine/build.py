@@ -63,6 +63,8 @@ def build_model(
     if backbone.prompt_dim is not None:
         class_prompt = configured_class_prompt(cfg, label_names, backbone.prompt_dim(base))
     model = backbone.wrap(base, label_names, class_prompt)
+    if cfg.task == "selfsup_depth":
+        model = selfsup_depth(model, cfg)
     if cfg.model.depth_guided is not None:
         model = depth_guided(model, cfg)
         if expected_depth is not None and model.depth is not None:
@@ -73,6 +75,12 @@ def build_model(
         for p in class_prompt.parameters():
             p.requires_grad_(True)
     apply_methods(model, cfg)
+    if cfg.task == "selfsup_depth":  # the pose network always trains
+        model.pose.requires_grad_(True)
+        if cfg.selfsup.pose_lr is not None:
+            model.method_lr.update(
+                {f"pose.{n}": cfg.selfsup.pose_lr for n, _ in model.pose.named_parameters()}
+            )
     if cfg.model.depth_guided is not None:
         if model.depth is not None:  # methods on the depth encoder, through its own target table
             depth_lr = apply_methods(model.depth, cfg, cfg.model.depth_guided.depth_adapters, seed=200)
@@ -81,6 +89,15 @@ def build_model(
             if part is not None:
                 part.requires_grad_(True)
     return model, identity
+
+
+def selfsup_depth(depth: nn.Module, cfg: Config) -> nn.Module:
+    """A depth model with a pose network for self-supervised training (``selfsup`` config; seeded)."""
+    from medpeft.models.selfsup_depth import SelfSupervisedDepth
+
+    s = cfg.selfsup
+    torch.manual_seed(cfg.train.seed + 4)
+    return SelfSupervisedDepth(depth, s.min_depth, s.max_depth, s.scales, s.pose_encoder)
 
 
 def depth_guided(segmenter: nn.Module, cfg: Config) -> nn.Module:

@@ -107,5 +107,7 @@ class AdapterRecord:
             trainable=dict(data.get("trainable") or {}),
             files=dict(data["files"]),
             medpeft_version=str(data.get("medpeft_version", "")),
-            depth_model=BaseIdentity.from_json(data["depth_model"], where) if data.get("depth_model") else None,
+            depth_model=BaseIdentity.from_json(data["depth_model"], where)
+            if data.get("depth_model")
+            else None,
         )

@@ -40,10 +40,11 @@ def disparity(depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def resolve_align(kind: str, align: str) -> str:
-    """``auto``: scale and shift for relative (disparity) output, none for metric."""
+    """``auto``: scale and shift for relative (disparity) output, median scaling for self-supervised
+    (depth up to scale), none for metric."""
     if align != "auto":
         return align
-    return "scale_shift" if kind == "relative" else "none"
+    return {"relative": "scale_shift", "selfsup": "median"}.get(kind, "none")
 
 
 def to_depth(
@@ -89,8 +90,9 @@ class DepthTask(Task):
     higher_is_better = False
     terms = ("ssi", "silog")
 
-    def splits(self) -> Splits:
-        return build_depth_splits(self.cfg)
+    def splits(self, root: Path | None = None) -> Splits:
+        """The configured data (or another dataset ``root``) split as configured."""
+        return build_depth_splits(self.cfg, root)
 
     def dataset(self, records: list[Any], label_names: list[str], train: bool) -> Dataset:
         return DepthDataset(
@@ -170,13 +172,19 @@ def evaluate_depth(task: DepthTask, model: nn.Module, dataset: DepthDataset, out
         w.writeheader()
         w.writerows(rows)
     summary: dict[str, Any] = {
-        "task": "depth",
+        "task": task.name,
         "images": len(rows),
         "kind": model.kind,
         "align": resolve_align(model.kind, task.cfg.depth.align),
         "mean": {m: float(np.mean([r[m] for r in rows])) if rows else math.nan for m in METRICS},
         "std": {m: float(np.std([r[m] for r in rows])) if rows else math.nan for m in METRICS},
     }
+    groups = sorted({r["name"].rsplit("/", 1)[0] for r in rows if "/" in r["name"]})
+    if groups:  # video frames (<sequence>/<frame>): each sequence on its own too
+        summary["per_sequence"] = {
+            g: {m: float(np.mean([r[m] for r in rows if r["name"].rsplit("/", 1)[0] == g])) for m in METRICS}
+            for g in groups
+        }
     ranked = sorted(rows, key=lambda r: r["abs_rel"])
     cases = {"best": ranked[0], "median": ranked[len(ranked) // 2], "worst": ranked[-1]} if ranked else {}
     summary["pictures"] = {}
@@ -215,6 +223,10 @@ def format_depth_table(summary: dict[str, Any]) -> str:
     """One line per metric: mean and std over images."""
     lines = [f"depth ({summary['kind']}, align {summary['align']}), {summary['images']} images"]
     lines += [f"{m:<10}{summary['mean'][m]:>10.4f} +- {summary['std'][m]:.4f}" for m in METRICS]
+    for name, means in summary.get("per_sequence", {}).items():
+        lines.append(
+            f"  {name}: AbsRel {means['abs_rel']:.4f}, RMSE {means['rmse']:.4f}, d<1.25 {means['a1']:.3f}"
+        )
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ DEPTH_ANYTHING = register_backbone(
     Backbone(
         name="depth_anything",
         task="depth",
+        other_tasks=("selfsup_depth",),
         load=load_depth_anything,
         wrap=DepthEstimator,
         check_size=check_size,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from torch import nn
 from transformers import DepthAnythingForDepthEstimation
 
 from medpeft.backbones.hub import (
@@ -30,6 +31,18 @@ HUB_IDS: tuple[str, ...] = tuple(
     for s in ("Small", "Base", "Large")
 )
 _FILE = re.compile(r"depth_anything_v2_(?:metric_(hypersim|vkitti)_)?(vits|vitb|vitl)")
+
+
+def trainable_init(model: nn.Module) -> nn.Module:
+    """Re-draw a random-init preset's convolutions with PyTorch's defaults: transformers' initializer
+    (std 0.02) shrinks the DPT neck's output by ~1e-4 per stage, so a preset starts as a constant and
+    barely learns from scratch (self-supervised depth never leaves it)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            module.reset_parameters()
+    if model.config.depth_estimation_type == "relative":  # the ReLU head starts alive, not at 0
+        nn.init.constant_(model.head.conv3.bias, 1.0)
+    return model
 
 
 def _load_original(path: Path) -> DepthAnythingForDepthEstimation:
@@ -64,7 +77,7 @@ def load_depth_anything(
     kind = source_kind(source, PRESET_NAMES, "Depth Anything", HUB_IDS[0])
     path = Path(source).expanduser()
     if kind == "named":
-        kind, model = "preset", DepthAnythingForDepthEstimation(preset_config(source)).eval()
+        kind, model = "preset", trainable_init(DepthAnythingForDepthEstimation(preset_config(source)).eval())
     elif kind == "local":
         model = from_local_dir(
             DepthAnythingForDepthEstimation.from_pretrained, path, "DepthAnythingForDepthEstimation"

@@ -11,6 +11,7 @@ DEPTH_ANYTHING_TARGETS: dict[str, str] = {
     "qkv": _LAYER + r"attention\.(q_proj|k_proj|v_proj)",
     "q": _LAYER + r"attention\.q_proj",
     "v": _LAYER + r"attention\.v_proj",
+    "qv": _LAYER + r"attention\.(q_proj|v_proj)",
     "attn_out": _LAYER + r"attention\.o_proj",
     "attn": _LAYER + r"attention\.(q_proj|k_proj|v_proj|o_proj)",
     "mlp": _LAYER + r"mlp\.(fc1|fc2)",
