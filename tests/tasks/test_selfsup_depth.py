@@ -181,3 +181,39 @@ def test_short_self_supervised_run_learns_depth(tmp_path: Path) -> None:
     assert losses[-1] < 0.7 * losses[0], losses
     print(f"self-supervised AbsRel {before:.3f} -> {after:.3f}, loss {losses[0]:.4f} -> {losses[-1]:.4f}")
     assert after < 0.7 * before, (before, after)
+
+
+def test_evaluate_per_sequence_and_predict_strip(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medpeft.cli import app
+    from medpeft.engine.trainer import train
+
+    data = make_video_dataset(tmp_path / "video", sequences=2, frames=5, height=28, width=42)
+    cfg = parse_config(
+        {
+            "task": "selfsup_depth",
+            "model": {"base": "depth-anything-tiny", "image_size": 28},
+            "data": {"root": str(data), "split": [1.0, 0.0, 0.0]},
+            "depth": {"scale": 1.0},
+            "selfsup": {"image_width": 42, "pose_encoder": "tiny", "scales": 1},
+            "train": {"output_dir": str(tmp_path / "run"), "epochs": 1, "max_steps": 1, "batch_size": 2},
+        }
+    )
+    train(cfg, progress=False)
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "run"), "--split", "train", "--out", str(tmp_path / "ev")]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["task"] == "selfsup_depth" and summary["align"] == "median" and summary["images"] == 6
+    assert set(summary["per_sequence"]) == {"seq00", "seq01"} and "seq01: AbsRel" in result.output
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "run"), str(data / "seq00" / "images"), "--out", str(tmp_path / "pr")]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "pr" / "depth").iterdir())) == 5
+    strip = Image.open(tmp_path / "pr" / "strip.png")
+    assert strip.width == 5 * 160 and strip.height > 160  # five frames, each above its depth picture
+    assert json.loads((tmp_path / "pr" / "predictions.json").read_text())["strip"] == "strip.png"

@@ -25,6 +25,7 @@ from medpeft.tasks.base import PredictionWriter
 # Marker in predictions.json: this folder is a medpeft prediction output.
 OUTPUT_FORMAT = "medpeft-predictions"
 _OUTPUT_DIRS = ("masks", "overlays", "depth", "pictures")
+_OUTPUT_FILES = ("strip.png",)  # written across all images (a depth run's frame strip)
 _REPORT = "predictions.json"
 # What a broken or unreadable input file raises while it is decoded; such a file is skipped, not fatal.
 _UNREADABLE = (DataError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -81,7 +82,7 @@ def check_output_dir(out_dir: Path, overwrite: bool = False, inputs: list[Path] 
         )
     stale: list[Path] = []
     for entry in entries:
-        ours = entry.name == _REPORT or entry.name.startswith(f".tmp-{_REPORT}-")  # or a killed write's temp
+        ours = entry.name in (_REPORT, *_OUTPUT_FILES) or entry.name.startswith(f".tmp-{_REPORT}-")
         if ours and entry.is_file() and not entry.is_symlink():
             stale.append(entry)
             continue
@@ -172,6 +173,7 @@ def predict(
         report["images"].append(
             {"image": str(path), **writer.write(model, image, entry, out_dir, names[path])}
         )
+    report.update(writer.finish(out_dir, report))
     report["complete"] = True
     _write_report(out_dir, report)
     return report

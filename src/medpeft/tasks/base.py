@@ -109,3 +109,7 @@ class PredictionWriter:
     ) -> dict[str, Any]:
         """Predict one image, write its files under ``out_dir`` and return its ``predictions.json`` entry."""
         raise NotImplementedError
+
+    def finish(self, out_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+        """After every image: write what spans them all; returns extra ``predictions.json`` fields."""
+        return {}

@@ -267,3 +267,32 @@ class DepthWriter(PredictionWriter):
             )  # nearer = smaller, as depth
         write_depth_picture(out_dir / "pictures" / name, picture)
         return {"depth": f"depth/{name}", "picture": f"pictures/{name}"}
+
+    def finish(self, out_dir: Path, report: dict[str, Any], columns: int = 8) -> dict[str, Any]:
+        """``strip.png``: up to ``columns`` frames evenly spaced over the inputs (in name order, so a video's
+        frames in time), each above its depth picture, to see depth follow the video."""
+        from PIL import Image
+
+        entries = sorted(report["images"], key=lambda e: Path(e["image"]).name)
+        if not entries:
+            return {}
+        picks = [
+            entries[i]
+            for i in np.linspace(0, len(entries) - 1, min(columns, len(entries))).round().astype(int)
+        ]
+        tiles = []
+        for e in picks:
+            frame = Image.open(e["image"]).convert("RGB")
+            picture = Image.open(out_dir / e["picture"]).convert("RGB").resize(frame.size)
+            column = Image.new("RGB", (frame.width, 2 * frame.height))
+            column.paste(frame, (0, 0))
+            column.paste(picture, (0, frame.height))
+            scale = 160 / column.width
+            tiles.append(column.resize((160, max(1, round(column.height * scale)))))
+        strip = Image.new("RGB", (sum(t.width for t in tiles), max(t.height for t in tiles)))
+        x = 0
+        for t in tiles:
+            strip.paste(t, (x, 0))
+            x += t.width
+        strip.save(out_dir / "strip.png")
+        return {"strip": "strip.png"}
