@@ -217,3 +217,25 @@ def test_evaluate_per_sequence_and_predict_strip(tmp_path: Path) -> None:
     strip = Image.open(tmp_path / "pr" / "strip.png")
     assert strip.width == 5 * 160 and strip.height > 160  # five frames, each above its depth picture
     assert json.loads((tmp_path / "pr" / "predictions.json").read_text())["strip"] == "strip.png"
+
+
+def test_merge_refuses_a_self_supervised_run(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medpeft.cli import app
+    from medpeft.engine.trainer import train
+
+    data = make_video_dataset(tmp_path / "video", sequences=1, frames=4, height=28, width=28)
+    cfg = parse_config(
+        {
+            "task": "selfsup_depth",
+            "model": {"base": "depth-anything-tiny", "image_size": 28},
+            "data": {"root": str(data), "split": [1.0, 0.0, 0.0]},
+            "selfsup": {"pose_encoder": "tiny", "scales": 1, "photometric": "ssim"},
+            "train": {"output_dir": str(tmp_path / "run"), "epochs": 1, "max_steps": 1, "batch_size": 2},
+        }
+    )
+    train(cfg, progress=False)
+    result = CliRunner().invoke(app, ["merge", str(tmp_path / "run"), str(tmp_path / "merged")])
+    assert result.exit_code == 2 and "self-supervised depth model" in result.output
+    assert not (tmp_path / "merged").exists()

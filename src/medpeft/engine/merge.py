@@ -30,6 +30,12 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
         raise ValueError(f"{out} holds files that are not a medpeft merge output; refusing to replace them")
     model, record, cfg = load_trained(checkpoint)
     base = getattr(model, "transformers_model", None)
+    if cfg.task == "selfsup_depth":
+        raise ValueError(
+            f"{checkpoint} is a self-supervised depth model: its disparity is a sigmoid of the DPT head mapped "
+            "to selfsup.min_depth..max_depth, which a plain Depth Anything folder cannot express; predict and "
+            "evaluate from the checkpoint itself"
+        )
     if base is None and cfg.model.depth_guided is not None:
         raise ValueError(
             f"{checkpoint} is a depth-guided model ({cfg.model.backbone} + fusion); it has no single "

@@ -43,10 +43,6 @@ class SelfSupervisedDepth(nn.Module):
     def target_table(self) -> dict[str, str]:
         return {k: r"depth\.(?:.*\.)?" + v for k, v in self.depth.target_table.items()}
 
-    @property
-    def transformers_model(self) -> nn.Module:
-        return self.depth.dpt
-
     def disparities(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Scaled disparity ``[B, 1, H, W]`` per scale (finest first), in ``[1/max_depth, 1/min_depth]``."""
         dpt = self.depth.dpt
