@@ -115,8 +115,19 @@ def evaluate(
     empty_score: Annotated[
         str | None, typer.Option(help="'one' or 'nan' for empty prediction on empty mask")
     ] = None,
+    volumes: Annotated[
+        Path | None, typer.Option(help="An MSD / nnU-Net dataset (dataset.json): score a 2D model in 3D")
+    ] = None,
+    axis: Annotated[
+        int, typer.Option(help="Slice axis of volumes (RAS: 0 sagittal, 1 coronal, 2 axial)")
+    ] = 2,
+    window: Annotated[
+        str | None,
+        typer.Option(help="CT window preset for volumes (abdomen, lung, bone, brain); default: percentiles"),
+    ] = None,
 ) -> None:
-    """Score a checkpoint: per-image CSV, summary JSON, table and overlays."""
+    """Score a checkpoint: per-image CSV, summary JSON, table and overlays (or per-case 3D scores with
+    ``--volumes``)."""
     from dataclasses import replace
 
     from medpeft.config import EvalConfig
@@ -133,6 +144,8 @@ def evaluate(
     split = split or ("all" if data else "test")
     with _one_line_errors():
         model, record, cfg = load_trained(checkpoint)
+        if volumes is not None:
+            return _evaluate_volumes(model, cfg, checkpoint, volumes, axis, window, out)
         if cfg.task in DEPTH_TASKS:
             return _evaluate_depth(model, cfg, checkpoint, data, split, out)
         splits = build_splits(cfg, data)
@@ -168,6 +181,24 @@ def evaluate(
         typer.echo(f"report: {write_report(run_dir)}")
 
 
+def _evaluate_volumes(
+    model, cfg, checkpoint: Path, root: Path, axis: int, window: str | None, out: Path | None
+) -> None:
+    """``medpeft evaluate --volumes``: a 2D segmenter slice by slice on every case, scored in 3D (mm)."""
+    from medpeft.data.volume_io import read_msd
+    from medpeft.engine.volumes import evaluate_volumes, format_volume_table
+
+    if cfg.task != "segmentation":
+        _fail(f"--volumes scores segmentation models; {checkpoint} is a {cfg.task} checkpoint")
+    cases, table, _ = read_msd(root)
+    out = out or Path(cfg.train.output_dir) / f"eval-volumes-{root.name}"
+    summary = evaluate_volumes(
+        model, cases, table, out, axis, window, cfg.data.resize, cfg.data.normalize, cfg.eval.threshold
+    )
+    typer.echo(format_volume_table(summary))
+    typer.echo(f"wrote {out}/per_case.csv, summary.json and pictures/")
+
+
 def _evaluate_depth(model, cfg, checkpoint: Path, data: Path | None, split: str, out: Path | None) -> None:
     """``medpeft evaluate`` of a depth checkpoint: depth metrics per image, summary and pictures."""
     from medpeft.tasks.base import make_task
@@ -182,6 +213,49 @@ def _evaluate_depth(model, cfg, checkpoint: Path, data: Path | None, split: str,
     summary = evaluate_depth(task, model, task.dataset(records, [], train=False), out)
     typer.echo(format_depth_table(summary))
     typer.echo(f"wrote {out}/per_image.csv, summary.json and pictures/")
+
+
+def _volume_inputs(inputs: Path) -> list[Path]:
+    """NIfTI volumes given as a file or a folder of them (empty: the inputs are 2D images)."""
+    from medpeft.data.volume_io import VOLUME_SUFFIXES
+
+    if inputs.is_file():
+        return [inputs] if inputs.name.lower().endswith(VOLUME_SUFFIXES) else []
+    if inputs.is_dir():
+        return sorted(p for p in inputs.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES))
+    return []
+
+
+def _predict_volumes(
+    model, cfg, volumes: list[Path], out: Path, overwrite: bool, axis: int, window: str | None
+) -> None:
+    """``medpeft predict`` on NIfTI volumes: slice-wise 2D segmentation, NIfTI label maps on the inputs' grids."""
+    from medpeft.engine.checkpoint import atomic_write_json
+    from medpeft.engine.predict import OUTPUT_FORMAT, check_output_dir, clear_output
+    from medpeft.engine.volumes import predict_volume_file
+
+    if cfg.task != "segmentation":
+        _fail(f"volume inputs need a segmentation model; this is a {cfg.task} checkpoint")
+    clear_output(check_output_dir(out, overwrite, volumes))
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "format": OUTPUT_FORMAT,
+        "task": "segmentation",
+        "labels": list(model.label_names),
+        "volumes": [],
+        "complete": False,
+    }
+    atomic_write_json(out / "predictions.json", report)
+    for path in volumes:
+        report["volumes"].append(
+            predict_volume_file(
+                model, path, out, axis, window, None, cfg.data.resize, cfg.data.normalize, cfg.eval.threshold
+            )
+        )
+        typer.echo(f"{path.name}: {report['volumes'][-1]['voxels']}")
+    report["complete"] = True
+    atomic_write_json(out / "predictions.json", report)
+    typer.echo(f"label maps in {out}/volumes (NIfTI on each input's grid), pictures in {out}/pictures")
 
 
 def _run_dir_of(path: Path) -> Path | None:
@@ -225,6 +299,10 @@ def predict(
         Path | None,
         typer.Option(help="Depth maps by stem, for a model with depth source 'file' (default: ../depth)"),
     ] = None,
+    axis: Annotated[int, typer.Option(help="Slice axis for volume inputs (RAS: 2 axial)")] = 2,
+    window: Annotated[
+        str | None, typer.Option(help="CT window preset for volume inputs; default: percentiles")
+    ] = None,
 ) -> None:
     """Segment new images (PNG label maps and overlays) or estimate depth (16-bit PNG depth and pictures).
 
@@ -242,6 +320,9 @@ def predict(
         model, record, cfg = load_trained(checkpoint)
         if task is not None and task != cfg.task:
             _fail(f"--task {task}: {checkpoint} is a {cfg.task} checkpoint")
+        volume_inputs = _volume_inputs(inputs)
+        if volume_inputs:
+            return _predict_volumes(model, cfg, volume_inputs, out, overwrite, axis, window)
         writer = make_task(cfg).prediction_writer()
         if depth is not None:
             if getattr(writer, "depth_scale", None) is None:

@@ -24,7 +24,8 @@ from medpeft.tasks.base import PredictionWriter
 
 # Marker in predictions.json: this folder is a medpeft prediction output.
 OUTPUT_FORMAT = "medpeft-predictions"
-_OUTPUT_DIRS = ("masks", "overlays", "depth", "pictures")
+_OUTPUT_DIRS = ("masks", "overlays", "depth", "pictures", "volumes")
+_OUTPUT_SUFFIXES = {"volumes": (".nii.gz", ".labels.json")}  # what each folder may hold (default .png)
 _OUTPUT_FILES = ("strip.png",)  # written across all images (a depth run's frame strip)
 _REPORT = "predictions.json"
 # What a broken or unreadable input file raises while it is decoded; such a file is skipped, not fatal.
@@ -88,7 +89,10 @@ def check_output_dir(out_dir: Path, overwrite: bool = False, inputs: list[Path] 
             continue
         if entry.name in _OUTPUT_DIRS and entry.is_dir() and not entry.is_symlink():
             files = sorted(entry.iterdir())
-            odd = [f for f in files if f.is_symlink() or not f.is_file() or f.suffix.lower() != ".png"]
+            allowed = _OUTPUT_SUFFIXES.get(entry.name, (".png",))
+            odd = [
+                f for f in files if f.is_symlink() or not f.is_file() or not f.name.lower().endswith(allowed)
+            ]
             if not odd:
                 stale += [*files, entry]
                 continue

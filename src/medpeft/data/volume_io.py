@@ -1,0 +1,162 @@
+"""Volumes in and out through MONAI: NIfTI or a DICOM series read with its geometry, reoriented to RAS,
+optionally resampled to a spacing, mapped to 0-255 with a CT window preset or MR percentiles; label maps
+written back as NIfTI on the input's own grid and affine, with a label table beside them.
+
+MONAI does the reading (``LoadImage``: nibabel / pydicom), the reorientation (``Orientation``), the
+resampling (``Spacing``) and the intensity maps; writing uses nibabel with the input's header.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from .io import DataError
+
+# CT (level, width) presets in HU
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "abdomen": (40.0, 400.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+VOLUME_SUFFIXES = (".nii.gz", ".nii")
+
+
+def is_volume_path(path: Path) -> bool:
+    """A NIfTI file, or a folder holding a DICOM series (``.dcm`` files)."""
+    path = Path(path)
+    if path.is_file():
+        return path.name.lower().endswith(VOLUME_SUFFIXES)
+    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
+
+
+@dataclass
+class Volume:
+    """``array`` [X, Y, Z] in RAS order, ``affine`` (voxel -> RAS mm) of that array, ``spacing`` (mm),
+    and the ``source`` file whose grid predictions are written back on."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    source: Path
+
+
+def read_volume(path: Path, spacing: tuple[float, float, float] | None = None, label: bool = False) -> Volume:
+    """Read with MONAI (``LoadImage``), reorient to RAS (``Orientation``) and, given ``spacing``,
+    resample (``Spacing``: bilinear, nearest for a ``label`` map). Multi-channel volumes keep channel 0."""
+    from monai.transforms import LoadImage, Orientation, Spacing
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"volume not found: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+            image = Orientation(axcodes="RAS", labels=None)(image[:1])
+            if spacing is not None:
+                image = Spacing(pixdim=spacing, mode="nearest" if label else "bilinear")(image)
+    except Exception as e:  # MONAI wraps the readers' many error types
+        raise DataError(f"cannot read volume {path}: {str(e).splitlines()[0]}") from None
+    affine = np.asarray(image.affine, np.float64)
+    zooms = tuple(float(round(v, 6)) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    return Volume(np.asarray(image[0]), affine, zooms, path)  # type: ignore[arg-type]
+
+
+def to_uint8(volume: np.ndarray, window: str | tuple[float, float] | None = None) -> np.ndarray:
+    """Intensities -> uint8: a CT window (preset name or (level, width) in HU) through MONAI's
+    ``ScaleIntensityRange``, or, with None, the 0.5-99.5 percentiles (MR) through
+    ``ScaleIntensityRangePercentiles``."""
+    from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
+
+    x = torch.as_tensor(np.asarray(volume, np.float32))[None]
+    if window is None:
+        scaled = ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 255.0, clip=True)(x)
+    else:
+        if isinstance(window, str):
+            if window not in CT_WINDOWS:
+                raise DataError(f"unknown CT window {window!r}; presets: {', '.join(CT_WINDOWS)}")
+            window = CT_WINDOWS[window]
+        level, width = window
+        scaled = ScaleIntensityRange(level - width / 2, level + width / 2, 0.0, 255.0, clip=True)(x)
+    return np.round(np.asarray(scaled[0])).astype(np.uint8)
+
+
+def write_label_volume(path: Path, labels: np.ndarray, like: Volume, table: dict[int, str]) -> Path:
+    """Write a RAS label map (on ``like``'s RAS grid, not resampled) as NIfTI on the grid and affine of
+    ``like.source`` (orientation undone), plus ``<name>.labels.json`` (value -> name)."""
+    source = nib.load(str(like.source)) if like.source.is_file() else None
+    data = np.asarray(labels)
+    data = data.astype(np.uint8 if data.max(initial=0) < 256 else np.uint16)
+    if source is not None:
+        original = nib.io_orientation(source.affine)
+        ras_to_original = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), original)
+        data = nib.orientations.apply_orientation(data, ras_to_original)
+        if data.shape != source.shape[:3]:
+            raise DataError(f"label map {data.shape} does not fit {like.source} {source.shape[:3]}")
+        image = nib.Nifti1Image(data, source.affine)
+        image.header.set_qform(source.affine, code=1)
+    else:  # a DICOM series: the RAS grid's own affine
+        image = nib.Nifti1Image(data, like.affine)
+    image.header.set_sform(image.affine, code=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
+    stem = path.name.removesuffix(".gz").removesuffix(".nii")
+    (path.parent / f"{stem}.labels.json").write_text(
+        json.dumps({str(k): v for k, v in sorted(table.items())}, indent=1)
+    )
+    return path
+
+
+def read_msd(root: Path) -> tuple[list[tuple[Path, Path | None]], dict[int, str], dict[str, str]]:
+    """An MSD / nnU-Net dataset: ``dataset.json`` -> (cases (image, label or None), label table without
+    background, modalities). Paths in ``training`` are relative to ``root``; nnU-Net v2's
+    ``channel_names`` / name -> value ``labels`` are read too."""
+    root = Path(root)
+    meta = root / "dataset.json"
+    try:
+        data = json.loads(meta.read_text())
+    except FileNotFoundError:
+        raise DataError(
+            f"{root}: no dataset.json (an MSD / nnU-Net dataset has imagesTr/, labelsTr/, dataset.json)"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{meta}: not valid JSON ({e})") from None
+    raw_labels = data.get("labels") or {}
+    try:
+        if all(str(k).lstrip("-").isdigit() for k in raw_labels):
+            table = {int(k): str(v) for k, v in raw_labels.items()}
+        else:  # nnU-Net v2: name -> value
+            table = {int(v): str(k) for k, v in raw_labels.items()}
+    except (TypeError, ValueError):
+        raise DataError(
+            f"{meta}: 'labels' must map values to names (MSD) or names to values (nnU-Net v2)"
+        ) from None
+    table.pop(0, None)
+    if not table:
+        raise DataError(f"{meta}: 'labels' names no foreground label")
+    modalities = {
+        str(k): str(v) for k, v in (data.get("modality") or data.get("channel_names") or {}).items()
+    }
+    cases = []
+    for i, entry in enumerate(data.get("training") or []):
+        try:
+            image = root / str(entry["image"]).removeprefix("./")
+        except (KeyError, TypeError):
+            raise DataError(f"{meta}: training[{i}] has no 'image'") from None
+        label = root / str(entry["label"]).removeprefix("./") if entry.get("label") else None
+        for p in (image, label):
+            if p is not None and not p.exists():
+                raise DataError(f"{meta}: training[{i}] names {p}, which does not exist")
+        cases.append((image, label))
+    if not cases:
+        raise DataError(f"{meta}: 'training' lists no cases")
+    return cases, table, modalities

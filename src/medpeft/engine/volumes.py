@@ -1,0 +1,291 @@
+"""Any 2D segmenter on volumes: slice by slice along an axis (batched, in the same display orientation as
+the training slices of :func:`medpeft.data.volumes.export_slices`), prompts from a 3D box or automatic
+mode, assembled into a 3D label map; 3D metrics with spacing per case; pictures of three mid-slices.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medpeft.data.transforms import model_input, undo_resize
+from medpeft.data.volume_io import Volume, read_volume, to_uint8
+from medpeft.metrics import assd_per_class, dice_per_class, hd95_per_class, iou_per_class, summarize
+from medpeft.models.prompts import Prompts
+from medpeft.tasks.segmentation_predict import image_prompts
+
+METRICS = ("dice", "iou", "assd", "hd95")
+
+
+def to_display(slice2d: np.ndarray) -> np.ndarray:
+    """RAS slice (first in-plane axis, second in-plane axis) -> image rows and columns (as training slices)."""
+    return np.ascontiguousarray(slice2d[::-1, ::-1].T)
+
+
+def from_display(image: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_display` on the last two axes."""
+    return np.ascontiguousarray(np.swapaxes(image, -1, -2)[..., ::-1, ::-1])
+
+
+def box_on_slice(box3d: list[float], axis: int, k: int, shape: tuple[int, ...]) -> list[float] | None:
+    """A voxel box ``[x1, y1, z1, x2, y2, z2]`` (inclusive indices, RAS array) projected on slice ``k``
+    of ``axis`` as an image box ``[x1, y1, x2, y2]`` in display pixels; None when the slice misses it."""
+    lo, hi = box3d[:3], box3d[3:]
+    if not lo[axis] <= k <= hi[axis]:
+        return None
+    a0, a1 = [i for i in range(3) if i != axis]
+    n0, n1 = shape[a0], shape[a1]
+    # display column c <-> index n0 - 1 - c along a0; row r <-> n1 - 1 - r along a1
+    return [n0 - 1 - hi[a0], n1 - 1 - hi[a1], n0 - lo[a0], n1 - lo[a1]]
+
+
+@torch.no_grad()
+def segment_volume(
+    model: nn.Module,
+    volume: np.ndarray,
+    axis: int = 2,
+    batch_size: int = 8,
+    boxes: dict[str, list[float]] | None = None,
+    resize_mode: str = "longest_pad",
+    normalize_mode: str = "sam",
+    threshold: float = 0.5,
+) -> np.ndarray:
+    """Label map [X, Y, Z] (0 background, c + 1 = the model's c-th label; overlaps to the likeliest) of a
+    uint8 volume, one batched 2D prediction per slice along ``axis``: automatic mode, or the 3D ``boxes``
+    (label -> voxel box) projected on every slice they cross (classes without a box there stay empty)."""
+    if volume.ndim != 3 or not 0 <= axis < 3:
+        raise ValueError(f"expected a 3D volume and axis 0-2, got shape {volume.shape} and axis {axis}")
+    labels = list(model.label_names)
+    out = np.zeros(volume.shape, np.uint16 if len(labels) > 254 else np.uint8)
+    model.eval()
+    slices = list(range(volume.shape[axis]))
+    for start in range(0, len(slices), batch_size):
+        ks = slices[start : start + batch_size]
+        tensors, metas, prompts = [], [], []
+        for k in ks:
+            image = to_display(np.take(volume, k, axis=axis))
+            tensor, meta = model_input(
+                np.repeat(image[..., None], 3, -1), model.image_size, resize_mode, normalize_mode
+            )
+            entry = None
+            if boxes:
+                projected = {n: box_on_slice(b, axis, k, volume.shape) for n, b in boxes.items()}
+                entry = {"boxes": {n: b for n, b in projected.items() if b is not None}}
+            prompt, _ = image_prompts(entry, labels, meta)
+            tensors.append(tensor)
+            metas.append(meta)
+            prompts.append(prompt)
+        if boxes:  # one prompt set per slice: boxes differ between slices
+            logits = torch.cat(
+                [model(t.to(model.device), p.to(model.device)) for t, p in zip(tensors, prompts, strict=True)]
+            )
+        else:
+            logits = model(
+                torch.cat(tensors).to(model.device),
+                Prompts(class_ids=torch.arange(len(labels)).expand(len(ks), -1)).to(model.device),
+            )
+        probs = torch.sigmoid(logits).float().cpu()
+        for i, k in enumerate(ks):
+            prob = undo_resize(probs[i], metas[i], "bilinear").numpy()
+            if boxes:  # a class with no box on this slice predicts nothing there
+                present = _slice_boxes(boxes, axis, k, volume.shape)
+                prob[[c for c, n in enumerate(labels) if n not in present]] = 0.0
+            masks = prob > threshold
+            best = np.argmax(np.where(masks, prob, -np.inf), axis=0)
+            lab = np.where(masks.any(0), best + 1, 0)
+            index = [slice(None)] * 3
+            index[axis] = k
+            out[tuple(index)] = from_display(lab)
+    return out
+
+
+def _slice_boxes(
+    boxes: dict[str, list[float]], axis: int, k: int, shape: tuple[int, ...]
+) -> dict[str, list[float]]:
+    return {n: b for n, b in boxes.items() if box_on_slice(b, axis, k, shape) is not None}
+
+
+def mid_slices_picture(
+    path: Path, image: np.ndarray, pred: np.ndarray, labels: list[str], truth: np.ndarray | None = None
+) -> None:
+    """Three orthogonal slices through the middle of the (predicted or true) foreground: prediction filled,
+    ground truth outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medpeft.viz import overlay
+
+    ref = truth if truth is not None and truth.any() else pred
+    centre = [
+        int(round(c.mean())) if len(c) else s // 2 for c, s in zip(np.nonzero(ref), ref.shape, strict=True)
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), dpi=100)
+    c = len(labels)
+    for ax, axis, name in zip(axes, (2, 1, 0), ("axial", "coronal", "sagittal"), strict=True):
+        img = to_display(np.take(image, centre[axis], axis=axis))
+        p = to_display(np.take(pred, centre[axis], axis=axis))
+        masks = np.stack([p == i + 1 for i in range(c)])
+        outline = None
+        if truth is not None:
+            t = to_display(np.take(truth, centre[axis], axis=axis))
+            outline = np.stack([t == i + 1 for i in range(c)])
+        ax.imshow(overlay(np.repeat(img[..., None], 3, -1), masks, outline=outline))
+        ax.set_title(f"{name} {centre[axis]}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def case_scores(
+    pred: np.ndarray, truth: np.ndarray, n_classes: int, spacing: tuple[float, ...]
+) -> dict[str, np.ndarray]:
+    """Per-class Dice, IoU, ASSD and HD95 (MONAI, mm) of label maps with values 1..n_classes."""
+    p = np.stack([pred == i + 1 for i in range(n_classes)])[None]
+    t = np.stack([truth == i + 1 for i in range(n_classes)])[None]
+    return {
+        "dice": dice_per_class(p, t)[0].numpy(),
+        "iou": iou_per_class(p, t)[0].numpy(),
+        "assd": assd_per_class(p, t, spacing)[0].numpy(),
+        "hd95": hd95_per_class(p, t, spacing)[0].numpy(),
+    }
+
+
+def evaluate_volumes(
+    model: nn.Module,
+    cases: list[tuple[Path, Path | None]],
+    table: dict[int, str],
+    out_dir: Path,
+    axis: int = 2,
+    window: str | tuple[float, float] | None = None,
+    resize_mode: str = "longest_pad",
+    normalize_mode: str = "sam",
+    threshold: float = 0.5,
+    batch_size: int = 8,
+) -> dict[str, Any]:
+    """Segment every case in automatic mode and score it in 3D with its spacing: ``per_case.csv``,
+    ``summary.json`` (per-class mean/std and the mean over classes) and ``pictures/<case>.png``. The
+    model's labels are matched to the dataset's ``table`` by name; others are not scored."""
+    labels = list(model.label_names)
+    value_of = {name: value for value, name in table.items()}
+    scored = [n for n in labels if n in value_of]
+    if not scored:
+        raise ValueError(
+            f"none of the model's labels {labels} is in the dataset's table {sorted(table.values())}"
+        )
+    rows: list[dict[str, Any]] = []
+    for image_path, label_path in cases:
+        volume = read_volume(image_path)
+        truth_raw = read_volume(label_path, label=True).array if label_path is not None else None
+        pred = segment_volume(
+            model,
+            to_uint8(volume.array, window),
+            axis,
+            batch_size,
+            None,
+            resize_mode,
+            normalize_mode,
+            threshold,
+        )
+        case = image_path.name.removesuffix(".gz").removesuffix(".nii")
+        truth = np.zeros(pred.shape, pred.dtype)
+        if truth_raw is not None:
+            if truth_raw.shape != pred.shape:
+                raise ValueError(f"label map {label_path} is {truth_raw.shape} but its image is {pred.shape}")
+            for i, name in enumerate(labels):
+                if name in value_of:
+                    truth[np.round(truth_raw) == value_of[name]] = i + 1
+        scores = case_scores(pred, truth, len(labels), volume.spacing)
+        for c, name in enumerate(labels):
+            if name in value_of:
+                rows.append(
+                    {
+                        "case": case,
+                        "label": name,
+                        **{m: float(scores[m][c]) for m in METRICS},
+                        "gt_voxels": int((truth == c + 1).sum()),
+                        "pred_voxels": int((pred == c + 1).sum()),
+                    }
+                )
+        mid_slices_picture(
+            out_dir / "pictures" / f"{case}.png", to_uint8(volume.array, window), pred, labels, truth
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / "per_case.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["case", "label", *METRICS, "gt_voxels", "pred_voxels"])
+        w.writeheader()
+        w.writerows(rows)
+    cases_seen = sorted({r["case"] for r in rows})
+    summary: dict[str, Any] = {
+        "cases": len(cases_seen),
+        "axis": axis,
+        "distance_units": "mm",
+        "per_class": {},
+        "mean": {},
+    }
+    for m in METRICS:
+        tab = np.full((len(cases_seen), len(scored)), np.nan)
+        for r in rows:
+            if math.isfinite(r[m]):
+                tab[cases_seen.index(r["case"]), scored.index(r["label"])] = r[m]
+        stats = summarize(tab, scored)
+        for n in scored:
+            summary["per_class"].setdefault(n, {})[m] = stats["per_class"][n]["mean"]
+            summary["per_class"][n][f"{m}_std"] = stats["per_class"][n]["std"]
+        summary["mean"][m] = stats["mean"]
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def format_volume_table(summary: dict[str, Any]) -> str:
+    head = f"{'label':<24}{'Dice':>9}{'IoU':>9}{'ASSD mm':>9}{'HD95 mm':>9}"
+    lines = [f"{summary['cases']} volumes, slices along axis {summary['axis']}", head, "-" * len(head)]
+
+    def fmt(v: float | None) -> str:
+        return f"{v:9.3f}" if v is not None and math.isfinite(v) else f"{'-':>9}"
+
+    for name, s in summary["per_class"].items():
+        lines.append(f"{name[:23]:<24}" + "".join(fmt(s[m]) for m in METRICS))
+    lines.append(f"{'mean':<24}" + "".join(fmt(summary["mean"][m]) for m in METRICS))
+    return "\n".join(lines)
+
+
+def predict_volume_file(
+    model: nn.Module,
+    path: Path,
+    out_dir: Path,
+    axis: int = 2,
+    window: str | tuple[float, float] | None = None,
+    boxes: dict[str, list[float]] | None = None,
+    resize_mode: str = "longest_pad",
+    normalize_mode: str = "sam",
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Segment one volume file and write ``volumes/<name>.nii.gz`` (input grid and affine, label table
+    beside it) and ``pictures/<name>.png``; returns its ``predictions.json`` entry."""
+    from medpeft.data.volume_io import write_label_volume
+
+    volume: Volume = read_volume(path)
+    pixels = to_uint8(volume.array, window)
+    labels_3d = segment_volume(model, pixels, axis, 8, boxes, resize_mode, normalize_mode, threshold)
+    name = path.name.removesuffix(".gz").removesuffix(".nii")
+    table = {i + 1: n for i, n in enumerate(model.label_names)}
+    write_label_volume(out_dir / "volumes" / f"{name}.nii.gz", labels_3d, volume, table)
+    mid_slices_picture(out_dir / "pictures" / f"{name}.png", pixels, labels_3d, list(model.label_names))
+    return {
+        "volume": str(path),
+        "labels": f"volumes/{name}.nii.gz",
+        "picture": f"pictures/{name}.png",
+        "voxels": {n: int((labels_3d == i + 1).sum()) for i, n in enumerate(model.label_names)},
+        "spacing": list(volume.spacing),
+    }

@@ -1,0 +1,167 @@
+"""Volumes in and out: MONAI reading with orientation and spacing, NIfTI written back on the input's grid,
+MSD dataset.json, a 2D model slice by slice, 3D scores with spacing, and the CLI on MSD Hippocampus."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import shared_data
+from medpeft.cli import app
+from medpeft.config import parse_config
+from medpeft.data.io import DataError
+from medpeft.data.volume_io import read_msd, read_volume, to_uint8, write_label_volume
+from medpeft.engine.build import build_model
+from medpeft.engine.volumes import box_on_slice, case_scores, from_display, segment_volume, to_display
+
+
+def test_nifti_round_trip_keeps_affine_and_labels(tmp_path: Path) -> None:
+    labels = np.random.default_rng(0).integers(0, 3, (4, 5, 6)).astype(np.int16)
+    affine = np.diag([-2.0, -3.0, 4.0, 1.0])  # stored L-P-S: read as RAS by flipping x and y
+    affine[:3, 3] = [10, 20, 30]
+    nib.save(nib.Nifti1Image(labels, affine), str(tmp_path / "a.nii.gz"))
+    volume = read_volume(tmp_path / "a.nii.gz", label=True)
+    assert np.array_equal(volume.array, labels[::-1, ::-1, :]) and volume.spacing == (2.0, 3.0, 4.0)
+    assert np.allclose(volume.affine[:3, :3], np.diag([2.0, 3.0, 4.0]))
+    write_label_volume(tmp_path / "out" / "p.nii.gz", volume.array, volume, {1: "liver", 2: "spleen"})
+    back = nib.load(str(tmp_path / "out" / "p.nii.gz"))
+    assert np.array_equal(np.asarray(back.dataobj), labels) and np.allclose(back.affine, affine)
+    assert json.loads((tmp_path / "out" / "p.labels.json").read_text()) == {"1": "liver", "2": "spleen"}
+
+
+def test_resampling_and_windows_by_hand(tmp_path: Path) -> None:
+    labels = np.zeros((4, 4, 4), np.uint8)
+    labels[:2] = 1
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), str(tmp_path / "l.nii.gz"))
+    half = read_volume(tmp_path / "l.nii.gz", spacing=(2.0, 1.0, 1.0), label=True)
+    assert half.array.shape == (2, 4, 4) and half.spacing == (2.0, 1.0, 1.0)
+    assert set(np.unique(half.array)) == {0, 1} and half.array[0].all() and not half.array[1].any()
+    assert to_uint8(np.array([[[-160.0, 40.0, 240.0, 1000.0]]]), "abdomen").tolist() == [[[0, 128, 255, 255]]]
+    with pytest.raises(DataError, match="unknown CT window 'liver'"):
+        to_uint8(np.zeros((1, 1, 1)), "liver")
+
+
+def test_msd_dataset_json_both_layouts_and_errors(tmp_path: Path) -> None:
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "imagesTr" / "a.nii.gz").write_bytes(b"")
+    meta = {
+        "labels": {"0": "background", "1": "tumour"},
+        "modality": {"0": "CT"},
+        "training": [{"image": "./imagesTr/a.nii.gz", "label": None}],
+    }
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    cases, table, modalities = read_msd(tmp_path)
+    assert (
+        cases == [(tmp_path / "imagesTr" / "a.nii.gz", None)]
+        and table == {1: "tumour"}
+        and modalities == {"0": "CT"}
+    )
+    meta["labels"] = {"background": 0, "liver": 1, "vessel": 2}  # nnU-Net v2: name -> value
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    assert read_msd(tmp_path)[1] == {1: "liver", 2: "vessel"}
+    meta["training"] = [{"image": "./imagesTr/missing.nii.gz"}]
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"training\[0\] names .*missing.nii.gz, which does not exist"):
+        read_msd(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    cfg = parse_config({"model": {"base": "sam-tiny", "image_size": 64}})
+    return build_model(cfg, ["Anterior", "Posterior"])[0].eval()
+
+
+def test_slice_wise_assembly_matches_per_slice_predictions(tiny_model) -> None:
+    from medpeft.data.transforms import model_input, undo_resize
+    from medpeft.models.prompts import Prompts
+
+    volume = np.random.default_rng(1).integers(0, 255, (20, 24, 5)).astype(np.uint8)
+    labels3d = segment_volume(tiny_model, volume, axis=2, batch_size=2, threshold=0.5)
+    assert labels3d.shape == volume.shape
+    for k in (0, 3):
+        image = to_display(volume[:, :, k])
+        tensor, meta = model_input(np.repeat(image[..., None], 3, -1), 64, "longest_pad", "sam")
+        with torch.no_grad():
+            prob = torch.sigmoid(tiny_model(tensor, Prompts(class_ids=torch.arange(2)[None])))[0]
+        prob = undo_resize(prob, meta, "bilinear").numpy()
+        masks = prob > 0.5
+        expected = np.where(masks.any(0), np.argmax(np.where(masks, prob, -np.inf), 0) + 1, 0)
+        assert np.array_equal(from_display(expected), labels3d[:, :, k])
+    # a 3D box: classes predict only on the slices it crosses
+    boxed = segment_volume(tiny_model, volume, 2, 8, {"Anterior": [2, 3, 1, 10, 12, 2]})
+    assert not np.isin(boxed[:, :, [0, 3, 4]], [1]).any() and not (boxed == 2).any()
+
+
+def test_box_projection_round_trips_to_the_voxel_range() -> None:
+    shape = (20, 24, 5)
+    box = box_on_slice([2, 3, 1, 10, 12, 2], 2, 1, shape)
+    grid = np.zeros((24, 20), bool)  # display: rows = y, cols = x
+    x1, y1, x2, y2 = box
+    grid[y1:y2, x1:x2] = True
+    back = from_display(grid)
+    assert back.shape == (20, 24) and back[2:11, 3:13].all() and back.sum() == 9 * 10
+    assert box_on_slice([2, 3, 1, 10, 12, 2], 2, 3, shape) is None
+
+
+def test_case_scores_in_mm() -> None:
+    truth = np.zeros((10, 10, 10), np.uint8)
+    truth[2:6, 2:6, 2:6] = 1
+    pred = np.roll(truth, 1, axis=0)
+    s = case_scores(pred, truth, 1, (2.0, 1.0, 1.0))
+    assert s["dice"][0] == pytest.approx(2 * 48 / 128) and s["hd95"][0] == pytest.approx(2.0)
+
+
+@pytest.mark.shared
+def test_msd_hippocampus_evaluate_and_predict_volumes(tmp_path: Path) -> None:
+    from medpeft.data.volumes import export_slices
+    from medpeft.engine.trainer import train
+
+    root = shared_data("msd-hippocampus")
+    cases, table, _ = read_msd(root)
+    slices = tmp_path / "slices"
+    for image, label in cases[:3]:
+        export_slices(image, label, slices, table, axis=2, min_foreground_pixels=10)
+    cfg = parse_config(
+        {
+            "model": {"base": "sam-tiny", "image_size": 64},
+            "data": {"root": str(slices), "split": [1.0, 0.0, 0.0]},
+            "prompts": {"train_modes": {"auto": 1.0}, "eval_mode": "auto"},
+            "train": {"output_dir": str(tmp_path / "run"), "epochs": 1, "max_steps": 2, "batch_size": 4},
+        }
+    )
+    train(cfg, progress=False)
+    subset = tmp_path / "msd"
+    (subset / "imagesTr").mkdir(parents=True)
+    (subset / "labelsTr").mkdir()
+    entries = []
+    for image, label in cases[3:5]:
+        (subset / "imagesTr" / image.name).symlink_to(image)
+        (subset / "labelsTr" / label.name).symlink_to(label)
+        entries.append({"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{label.name}"})
+    meta = json.loads((root / "dataset.json").read_text())
+    (subset / "dataset.json").write_text(json.dumps({**meta, "training": entries}))
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "run"), "--volumes", str(subset), "--out", str(tmp_path / "ev")]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert summary["cases"] == 2 and set(summary["per_class"]) == {"Anterior", "Posterior"}
+    assert 0.0 <= summary["mean"]["dice"] <= 1.0 and len(list((tmp_path / "ev" / "pictures").iterdir())) == 2
+    image = cases[3][0]
+    result = runner.invoke(
+        app, ["predict", str(tmp_path / "run"), str(image), "--out", str(tmp_path / "pred")]
+    )
+    assert result.exit_code == 0, result.output
+    name = image.name.removesuffix(".gz").removesuffix(".nii")
+    written, source = nib.load(str(tmp_path / "pred" / "volumes" / f"{name}.nii.gz")), nib.load(str(image))
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
+    assert (tmp_path / "pred" / "pictures" / f"{name}.png").is_file()
