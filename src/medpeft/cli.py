@@ -116,7 +116,10 @@ def evaluate(
         str | None, typer.Option(help="'one' or 'nan' for empty prediction on empty mask")
     ] = None,
     volumes: Annotated[
-        Path | None, typer.Option(help="An MSD / nnU-Net dataset (dataset.json): score a 2D model in 3D")
+        Path | None,
+        typer.Option(
+            help="A volume dataset (MSD dataset.json, or images/ + labels/): score a 2D model in 3D"
+        ),
     ] = None,
     axis: Annotated[
         int, typer.Option(help="Slice axis of volumes (RAS: 0 sagittal, 1 coronal, 2 axial)")
@@ -124,6 +127,13 @@ def evaluate(
     window: Annotated[
         str | None,
         typer.Option(help="CT window preset for volumes (abdomen, lung, bone, brain); default: percentiles"),
+    ] = None,
+    rotate: Annotated[
+        bool, typer.Option(help="Also score every volume rotated (with its labels) and report the Dice drop")
+    ] = False,
+    angles: Annotated[
+        str | None,
+        typer.Option(help="Rotation in degrees about x,y,z (RAS) for --rotate (default: 5.73,5.73,45)"),
     ] = None,
 ) -> None:
     """Score a checkpoint: per-image CSV, summary JSON, table and overlays (or per-case 3D scores with
@@ -141,11 +151,16 @@ def evaluate(
     _choice("--split", split, (*SPLITS, "all"))
     _choice("--prompt", prompt, PROMPT_MODES)
     _choice("--empty-score", empty_score, typing.get_args(EvalConfig.model_fields["empty_score"].annotation))
+    volume_split = None if split in (None, "all") else split  # a volume dataset's <split>.list
     split = split or ("all" if data else "test")
     with _one_line_errors():
         model, record, cfg = load_trained(checkpoint)
         if volumes is not None:
-            return _evaluate_volumes(model, cfg, checkpoint, volumes, axis, window, out)
+            return _evaluate_volumes(
+                model, cfg, checkpoint, volumes, volume_split, axis, window, out, _rotation(rotate, angles)
+            )
+        if rotate:
+            _fail("--rotate applies to volumes (--volumes ROOT)")
         if cfg.task in DEPTH_TASKS:
             return _evaluate_depth(model, cfg, checkpoint, data, split, out)
         splits = build_splits(cfg, data)
@@ -182,18 +197,35 @@ def evaluate(
 
 
 def _evaluate_volumes(
-    model, cfg, checkpoint: Path, root: Path, axis: int, window: str | None, out: Path | None
+    model,
+    cfg,
+    checkpoint: Path,
+    root: Path,
+    split: str | None,
+    axis: int,
+    window: str | None,
+    out: Path | None,
+    rotation: tuple[float, float, float] | None = None,
 ) -> None:
     """``medpeft evaluate --volumes``: a 2D segmenter slice by slice on every case, scored in 3D (mm)."""
-    from medpeft.data.volume_io import read_msd
+    from medpeft.data.volume_io import read_volume_dataset
     from medpeft.engine.volumes import evaluate_volumes, format_volume_table
 
     if cfg.task != "segmentation":
         _fail(f"--volumes scores segmentation models; {checkpoint} is a {cfg.task} checkpoint")
-    cases, table, _ = read_msd(root)
+    cases, table = read_volume_dataset(root, split)
     out = out or Path(cfg.train.output_dir) / f"eval-volumes-{root.name}"
     summary = evaluate_volumes(
-        model, cases, table, out, axis, window, cfg.data.resize, cfg.data.normalize, cfg.eval.threshold
+        model,
+        cases,
+        table,
+        out,
+        axis,
+        window,
+        cfg.data.resize,
+        cfg.data.normalize,
+        cfg.eval.threshold,
+        rotation=rotation,
     )
     typer.echo(format_volume_table(summary))
     typer.echo(f"wrote {out}/per_case.csv, summary.json and pictures/")
@@ -213,6 +245,27 @@ def _evaluate_depth(model, cfg, checkpoint: Path, data: Path | None, split: str,
     summary = evaluate_depth(task, model, task.dataset(records, [], train=False), out)
     typer.echo(format_depth_table(summary))
     typer.echo(f"wrote {out}/per_image.csv, summary.json and pictures/")
+
+
+def _rotation(rotate: bool, angles: str | None) -> tuple[float, float, float] | None:
+    """``--rotate`` / ``--angles`` (degrees about x, y, z) as radians; None without ``--rotate``."""
+    import math
+
+    from medpeft.engine.volumes import DEFAULT_ROTATION
+
+    if angles is not None and not rotate:
+        _fail("--angles needs --rotate")
+    if not rotate:
+        return None
+    if angles is None:
+        return DEFAULT_ROTATION
+    try:
+        values = [math.radians(float(v)) for v in angles.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3:
+        _fail(f"--angles {angles!r}: expected three numbers in degrees about x,y,z, e.g. 0,0,45")
+    return (values[0], values[1], values[2])
 
 
 def _volume_inputs(inputs: Path) -> list[Path]:
@@ -338,6 +391,23 @@ def predict(
     else:
         typer.echo(f"masks in {out}/masks, overlays in {out}/overlays (labels: {record.label_names})")
     if failed:
+        raise typer.Exit(1)
+
+
+@app.command("check-data")
+def check_data(
+    root: Annotated[Path, typer.Argument(help="Volume dataset (dataset.json, or images/ + labels/)")],
+) -> None:
+    """Check a volume dataset: readable files, image vs label shape and affine, label values vs the table,
+    empty label maps, labels never present. One line per problem; exit code 1 when there are any."""
+    from medpeft.data.volume_io import check_volume_dataset
+
+    with _one_line_errors():
+        n, problems = check_volume_dataset(root)
+    for line in problems:
+        typer.echo(line)
+    typer.echo(f"{n} case(s) checked: {len(problems)} problem(s)")
+    if problems:
         raise typer.Exit(1)
 
 

@@ -149,12 +149,28 @@ def test_msd_hippocampus_evaluate_and_predict_volumes(tmp_path: Path) -> None:
     (subset / "dataset.json").write_text(json.dumps({**meta, "training": entries}))
     runner = CliRunner()
     result = runner.invoke(
-        app, ["evaluate", str(tmp_path / "run"), "--volumes", str(subset), "--out", str(tmp_path / "ev")]
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "run"),
+            "--volumes",
+            str(subset),
+            "--out",
+            str(tmp_path / "ev"),
+            "--rotate",
+        ],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["cases"] == 2 and set(summary["per_class"]) == {"Anterior", "Posterior"}
-    assert 0.0 <= summary["mean"]["dice"] <= 1.0 and len(list((tmp_path / "ev" / "pictures").iterdir())) == 2
+    assert 0.0 <= summary["mean"]["dice"] <= 1.0 and len(list((tmp_path / "ev" / "pictures").iterdir())) == 4
+    rotation = summary["rotation"]
+    assert (
+        rotation["angles_rad"][2] == pytest.approx(0.7853982) and (tmp_path / "ev" / "rotation.png").is_file()
+    )
+    for r in rotation["per_class"].values():
+        assert r["drop"] == pytest.approx(r["dice"] - r["dice_rotated"])
+    assert "Dice original -> rotated (drop)" in result.output
     image = cases[3][0]
     result = runner.invoke(
         app, ["predict", str(tmp_path / "run"), str(image), "--out", str(tmp_path / "pred")]
@@ -165,3 +181,114 @@ def test_msd_hippocampus_evaluate_and_predict_volumes(tmp_path: Path) -> None:
     assert written.shape == source.shape and np.allclose(written.affine, source.affine)
     assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2}
     assert (tmp_path / "pred" / "pictures" / f"{name}.png").is_file()
+
+
+def _write_dicom_series(folder: Path) -> None:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True)
+    series = generate_uid()
+    for k in range(4):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta, ds.SOPClassUID, ds.SOPInstanceUID = (
+            meta,
+            CTImageStorage,
+            meta.MediaStorageSOPInstanceUID,
+        )
+        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.PatientID = "CT", series, series, "p"
+        ds.Rows, ds.Columns, ds.PixelSpacing, ds.SliceThickness = 6, 5, [0.7, 0.8], 2.5
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 2.5 * k], [1, 0, 0, 0, 1, 0]
+        ds.InstanceNumber, ds.SamplesPerPixel, ds.PhotometricInterpretation = k + 1, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = np.full((6, 5), 1000 + k, np.int16).tobytes()
+        ds.save_as(folder / f"s{k}.dcm", enforce_file_format=True)
+
+
+def test_dicom_series_reads_with_spacing_and_rescale(tmp_path: Path) -> None:
+    _write_dicom_series(tmp_path / "series")
+    volume = read_volume(tmp_path / "series")
+    assert volume.array.shape == (5, 6, 4) and volume.spacing == (0.8, 0.7, 2.5)  # columns x, rows y
+    assert volume.array[0, 0].tolist() == [-24.0, -23.0, -22.0, -21.0]  # HU, ordered along z
+
+
+def test_rotation_there_and_back_recovers_labels_but_the_boundary() -> None:
+    import math
+
+    from medpeft.engine.volumes import rotate_volume
+
+    labels = np.zeros((40, 40, 20), np.uint8)
+    labels[12:28, 10:30, 5:15] = 1
+    labels[15:20, 15:20, 8:12] = 2
+    turned = rotate_volume(labels, (0.0, 0.0, math.pi / 4), label=True)
+    assert set(np.unique(turned)) == {0, 1, 2} and (turned != labels).mean() > 0.02
+    back = rotate_volume(turned, (0.0, 0.0, -math.pi / 4), label=True)
+    inside = labels > 0
+    assert (back[inside] == labels[inside]).mean() > 0.98 and (back == labels).mean() > 0.99
+
+
+def test_check_data_reports_each_planted_problem(tmp_path: Path) -> None:
+    root = tmp_path / "ds"
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    (root / "labels.json").write_text(json.dumps({"1": "liver", "2": "spleen", "3": "kidney"}))
+    image = np.zeros((6, 6, 4), np.float32)
+    good = np.zeros((6, 6, 4), np.uint8)
+    good[1:3, 1:3, 1:3] = 1
+    good[3:5, 3:5, 1:3] = 2
+    for name, label, affine in (
+        ("ok", good, np.eye(4)),
+        ("shape", good[:5], np.eye(4)),
+        ("affine", good, np.diag([2.0, 1.0, 1.0, 1.0])),
+        ("values", np.where(good == 2, 7, good).astype(np.uint8), np.eye(4)),
+        ("empty", np.zeros_like(good), np.eye(4)),
+    ):
+        nib.save(
+            nib.Nifti1Image(image, np.eye(4)),
+            str(root / "images" / f"{name}.nii.gz"),
+        )
+        nib.save(nib.Nifti1Image(label, affine), str(root / "labels" / f"{name}.nii.gz"))
+    (root / "images" / "unlabelled.nii.gz").write_bytes((root / "images" / "ok.nii.gz").read_bytes())
+    result = CliRunner().invoke(app, ["check-data", str(root)])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    expected = [
+        "affine.nii.gz: affine differs",
+        "empty.nii.gz: empty (no foreground voxel)",
+        "shape.nii.gz: shape (5, 6, 4) differs from its image's (6, 6, 4)",
+        "unlabelled.nii.gz: no label map",
+        "values.nii.gz: label values [7] are not in the table [1, 2, 3]",
+        "label 3 (kidney) appears in no label map",
+    ]
+    for text in expected:
+        assert sum(text in line for line in lines) == 1, (text, lines)
+    assert lines[-1] == "6 case(s) checked: 6 problem(s)"
+
+
+@pytest.mark.shared
+def test_shared_volume_layouts_read() -> None:
+    from medpeft.data.volume_io import check_volume_dataset, read_volume_dataset
+
+    acdc = shared_data("acdc")
+    cases, table = read_volume_dataset(acdc, "test")
+    assert table == {1: "right_ventricle", 2: "myocardium", 3: "left_ventricle"} and 0 < len(cases) < 200
+    assert all(label is not None and label.name == image.name for image, label in cases)
+    n, problems = check_volume_dataset(shared_data("pyradiomics-mr"))
+    assert n == 3 and problems == []
+    brain = read_volume(shared_data("pyradiomics-mr") / "images" / "brain1.nii.gz")
+    assert brain.spacing[2] == pytest.approx(6.5, abs=0.01)
+    ct = read_volume(shared_data("totalseg-example") / "example_ct_sm.nii.gz")
+    assert ct.array.ndim == 3 and to_uint8(ct.array, "abdomen").dtype == np.uint8
+    flair = sorted((shared_data("brats2015-sample")).glob("*/*/Flair_subtrMeanDivStd.nii.gz"))
+    seg = read_volume(flair[0].parent / "OTMultiClass.nii.gz", label=True)
+    assert read_volume(flair[0]).array.shape == seg.array.shape and set(np.unique(seg.array)) <= {
+        0,
+        1,
+        2,
+        3,
+        4,
+    }

@@ -160,3 +160,75 @@ def read_msd(root: Path) -> tuple[list[tuple[Path, Path | None]], dict[int, str]
     if not cases:
         raise DataError(f"{meta}: 'training' lists no cases")
     return cases, table, modalities
+
+
+def read_volume_dataset(
+    root: Path, split: str | None = None
+) -> tuple[list[tuple[Path, Path | None]], dict[int, str]]:
+    """Cases and label table of a volume dataset: MSD / nnU-Net (``dataset.json``), or ``images/`` +
+    ``labels/`` with the same file names, ``labels.json`` (value -> name; default ``{1: foreground}``)
+    and optional ``<split>.list`` files of case names (ACDC). ``split`` keeps one list's cases."""
+    root = Path(root)
+    if (root / "dataset.json").is_file():
+        cases, table, _ = read_msd(root)
+    elif (root / "images").is_dir():
+        images = sorted(p for p in (root / "images").iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES))
+        if not images:
+            raise DataError(f"{root / 'images'}: no .nii / .nii.gz volumes")
+        labels_dir = root / "labels"
+        cases = [(p, labels_dir / p.name if (labels_dir / p.name).is_file() else None) for p in images]
+        table = {1: "foreground"}
+        if (root / "labels.json").is_file():
+            from .labels import parse_labels_json
+
+            table = {int(k): v for k, v in parse_labels_json(root / "labels.json").items()}
+    else:
+        raise DataError(f"{root}: not a volume dataset (dataset.json, or images/ + labels/ of NIfTI files)")
+    if split is not None:
+        listing = root / f"{split}.list"
+        if not listing.is_file():
+            raise DataError(f"{root}: no {listing.name} to select the {split!r} split from")
+        wanted = {line.strip() for line in listing.read_text().splitlines() if line.strip()}
+        cases = [c for c in cases if c[0].name.removesuffix(".gz").removesuffix(".nii") in wanted]
+        if not cases:
+            raise DataError(f"{listing}: names no case of {root}")
+    return cases, table
+
+
+def check_volume_dataset(root: Path) -> tuple[int, list[str]]:
+    """Integrity check in the spirit of nnU-Net's ``--verify_dataset_integrity``: every image and label
+    readable, same shape, same affine (1e-3), label values within the table, no empty label map, every
+    label present somewhere. Returns (cases checked, one line per problem)."""
+    cases, table = read_volume_dataset(root)
+    problems: list[str] = []
+    seen: set[int] = set()
+    for image_path, label_path in cases:
+        try:
+            image = nib.load(str(image_path))
+            shape, affine = image.shape[:3], image.affine
+        except Exception as e:  # nibabel raises many types for broken files
+            problems.append(f"{image_path}: unreadable ({str(e).splitlines()[0]})")
+            continue
+        if label_path is None:
+            problems.append(f"{image_path}: no label map")
+            continue
+        try:
+            label = nib.load(str(label_path))
+            values = np.unique(np.asarray(label.dataobj)).astype(np.int64)
+        except Exception as e:
+            problems.append(f"{label_path}: unreadable ({str(e).splitlines()[0]})")
+            continue
+        if label.shape[:3] != shape:
+            problems.append(f"{label_path}: shape {label.shape[:3]} differs from its image's {shape}")
+        elif not np.allclose(label.affine, affine, atol=1e-3):
+            problems.append(f"{label_path}: affine differs from its image's (origin or spacing or direction)")
+        unknown = sorted(set(values.tolist()) - set(table) - {0})
+        if unknown:
+            problems.append(f"{label_path}: label values {unknown} are not in the table {sorted(table)}")
+        if not (values > 0).any():
+            problems.append(f"{label_path}: empty (no foreground voxel)")
+        seen |= set(values.tolist())
+    for value, name in sorted(table.items()):
+        if value not in seen:
+            problems.append(f"{root}: label {value} ({name}) appears in no label map")
+    return len(cases), problems
