@@ -96,7 +96,8 @@ class ModelConfig(_Strict):
 class SourceConfig(_Strict):
     """One member of a source collection (``data.sources``): a 2D dataset or a 3D volume cut into slices.
 
-    2D: ``root`` (folder or SAM-Med2D layout) with optional ``labels`` (names the single binary label,
+    3D datasets: ``dataset`` (MSD / nnU-Net ``dataset.json``, or ``images/`` + ``labels/`` + ``labels.json``;
+    label names from its table, ``labels`` selects). 2D: ``root`` (folder or SAM-Med2D layout) with optional ``labels`` (names the single binary label,
     or selects labels). 3D: ``volume`` (NIfTI / DICOM folder; a glob pattern matches several) and
     ``label_map`` (``{dir}`` and ``{stem}`` are replaced by the volume's folder and file stem), with
     ``label_table`` (a labels.json; ``path#key`` picks a nested table such as TotalSegmentator's
@@ -107,6 +108,7 @@ class SourceConfig(_Strict):
     root: Path | None = None
     format: Literal["auto", "folder", "sammed2d"] = "auto"
     labels: list[str] | None = None
+    dataset: Path | None = None  # a volume dataset: MSD / nnU-Net dataset.json, or images/ + labels/
     volume: str | None = None
     label_map: str | None = None
     label_table: str | None = None
@@ -120,8 +122,11 @@ class SourceConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_kind(self) -> SourceConfig:
-        if (self.root is None) == (self.volume is None):
-            raise ValueError("a source sets exactly one of 'root' (2D dataset) or 'volume' (3D volumes)")
+        if sum(x is not None for x in (self.root, self.volume, self.dataset)) != 1:
+            raise ValueError(
+                "a source sets exactly one of 'root' (2D dataset), 'volume' (3D volumes with label_map) or "
+                "'dataset' (an MSD / nnU-Net or images/ + labels/ volume dataset)"
+            )
         if self.volume is not None:
             if self.label_map is None:
                 raise ValueError(f"source volume {self.volume!r} needs 'label_map'")

@@ -292,3 +292,35 @@ def test_shared_volume_layouts_read() -> None:
         3,
         4,
     }
+
+
+def test_a_volume_dataset_source_splits_whole_subjects(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medpeft.config import SourceConfig
+    from medpeft.data.collection import read_collection
+
+    monkeypatch.setenv("MEDPEFT_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ds"
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    (root / "labels.json").write_text(json.dumps({"1": "organ"}))
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        label = np.zeros((20, 20, 6), np.uint8)
+        label[5:15, 5:15, 1:5] = 1
+        nib.save(
+            nib.Nifti1Image(rng.normal(size=(20, 20, 6)).astype(np.float32), np.eye(4)),
+            str(root / "images" / f"s{i}.nii.gz"),
+        )
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labels" / f"s{i}.nii.gz"))
+    parts, labels = read_collection(
+        [SourceConfig(dataset=root, min_foreground_pixels=10)], (0.5, 0.25, 0.25), 0
+    )
+    assert labels == ["organ"] and sum(len(v) for v in parts.values()) == 6 * 4  # 4 foreground slices each
+    subjects = {k: {r.image.parent.parent for r in v} for k, v in parts.items()}
+    assert (
+        all(subjects.values())
+        and not (subjects["train"] & subjects["val"])
+        and not (subjects["train"] & subjects["test"])
+    )

@@ -39,6 +39,10 @@ def cache_dir() -> Path:
 def volume_groups(source: SourceConfig) -> dict[str, list[int]]:
     """Label name -> label-map values of a volume source (``label_table`` and/or ``label_values``)."""
     groups: dict[str, list[int]] = {}
+    if source.dataset is not None:
+        from .volume_io import read_volume_dataset
+
+        groups = {name: [value] for value, name in sorted(read_volume_dataset(source.dataset)[1].items())}
     if source.label_table is not None:
         path, _, key = source.label_table.partition("#")
         for value, name in parse_labels_json(Path(path), key or None).items():
@@ -58,6 +62,10 @@ def volume_groups(source: SourceConfig) -> dict[str, list[int]]:
 
 
 def _volume_pairs(source: SourceConfig) -> list[tuple[Path, Path]]:
+    if source.dataset is not None:
+        from .volume_io import read_volume_dataset
+
+        return [(img, lab) for img, lab in read_volume_dataset(source.dataset)[0] if lab is not None]
     assert source.volume is not None and source.label_map is not None
     matches = sorted(glob.glob(source.volume)) if glob.has_magic(source.volume) else [source.volume]
     if not matches:
@@ -83,7 +91,8 @@ def _slice_stem(source: SourceConfig, volume: Path) -> str:
     """Slice name prefix: the file stem, plus the folder name when a pattern matches many volumes
     (BRATS names every subject's file alike)."""
     stem = _volume_stem(volume)
-    return f"{volume.parent.name}_{stem}" if source.volume and glob.has_magic(source.volume) else stem
+    many = source.dataset is not None or (source.volume and glob.has_magic(source.volume))
+    return f"{volume.parent.name}_{stem}" if many else stem
 
 
 def slice_volume(source: SourceConfig, volume: Path, label_map: Path, groups: dict[str, list[int]]) -> Path:
@@ -164,9 +173,15 @@ def read_collection(
     for i, source in enumerate(sources):
         records, names = read_source(source)
         if not records:
-            raise DataError(f"data.sources[{i}] ({source.root or source.volume}) holds no image")
+            raise DataError(
+                f"data.sources[{i}] ({source.root or source.volume or source.dataset}) holds no image"
+            )
         labels += [n for n in names if n not in labels]
-        split_i = split_records(records, split, seed=seed + i)
+        if source.dataset is not None:  # a volume dataset: whole subjects per split, none straddles them
+            folders = split_records(sorted({r.image.parent.parent for r in records}), split, seed=seed + i)
+            split_i = {k: [r for r in records if r.image.parent.parent in set(v)] for k, v in folders.items()}
+        else:
+            split_i = split_records(records, split, seed=seed + i)
         parts["train"] += split_i["train"] * source.repeat
         parts["val"] += split_i["val"]
         parts["test"] += split_i["test"]
