@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 import yaml
 from PIL import Image
 from typer.testing import CliRunner
@@ -88,3 +90,33 @@ def test_errors_are_one_clear_line(shapes_dataset: Path, tmp_path: Path) -> None
     (empty / "masks").mkdir()
     result = runner.invoke(app, ["info", str(config), "--set", f"data.root={empty}"])
     assert result.exit_code == 2 and "empty dataset" in result.output
+
+
+def test_evaluate_rotate_in_plane(shapes_dataset: Path, tmp_path: Path) -> None:
+    from medpeft.data.dataset import SegmentationDataset
+    from medpeft.data.readers import read_dataset
+
+    records, labels = read_dataset(shapes_dataset)
+    plain = SegmentationDataset(records[:2], labels, 64, prompt_sampling="eval")
+    turned = SegmentationDataset(records[:2], labels, 64, prompt_sampling="eval", rotate_deg=90.0)
+    # ndimage rotates counter-clockwise for a positive angle on (rows, cols) = (y, x) images
+    assert torch.equal(
+        turned[0]["masks"], torch.from_numpy(np.rot90(plain[0]["masks"].numpy(), 1, axes=(1, 2)).copy())
+    )
+
+    config = _write_config(tmp_path, shapes_dataset, epochs=1, max_steps=1)
+    assert runner.invoke(app, ["train", str(config)]).exit_code == 0
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "run"), "--out", str(out), "--rotate", "--angles", "30"]
+    )
+    assert result.exit_code == 0, result.output
+    table = json.loads((out / "rotation.json").read_text())
+    assert table["angle_deg"] == 30.0 and set(table["per_class"]) == {"disc", "square"}
+    for r in table["per_class"].values():
+        assert r["drop"] == pytest.approx(r["dice"] - r["dice_rotated"])
+    assert (out / "rotation.png").is_file() and "rotated 30 degrees in-plane" in result.output
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "run"), "--out", str(out), "--rotate", "--angles", "x"]
+    )
+    assert result.exit_code == 2 and "--angles 'x'" in result.output

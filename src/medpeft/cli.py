@@ -159,8 +159,8 @@ def evaluate(
             return _evaluate_volumes(
                 model, cfg, checkpoint, volumes, volume_split, axis, window, out, _rotation(rotate, angles)
             )
-        if rotate:
-            _fail("--rotate applies to volumes (--volumes ROOT)")
+        if cfg.task != "segmentation" and rotate:
+            _fail("--rotate scores segmentation models")
         if cfg.task in DEPTH_TASKS:
             return _evaluate_depth(model, cfg, checkpoint, data, split, out)
         splits = build_splits(cfg, data)
@@ -189,6 +189,8 @@ def evaluate(
         )
     typer.echo(format_table(summary))
     typer.echo(f"wrote {out}/per_image.csv, summary.json and overlays/")
+    if rotate:
+        _rotation_2d(model, cfg, records, trained, mode, out, angles)
     run_dir = _run_dir_of(checkpoint)
     if run_dir is not None and run_dir.resolve() in out.resolve().parents:
         from medpeft.engine.html_report import write_report
@@ -245,6 +247,34 @@ def _evaluate_depth(model, cfg, checkpoint: Path, data: Path | None, split: str,
     summary = evaluate_depth(task, model, task.dataset(records, [], train=False), out)
     typer.echo(format_depth_table(summary))
     typer.echo(f"wrote {out}/per_image.csv, summary.json and pictures/")
+
+
+def _rotation_2d(model, cfg, records, labels: list[str], mode: str, out: Path, angles: str | None) -> None:
+    """``evaluate --rotate`` of a 2D model: every image and its masks rotated in-plane (default 45
+    degrees); per-class Dice original vs rotated at the model's resolution, ``rotation.json`` and a chart."""
+    import json
+
+    from medpeft.engine.volumes import rotation_chart, rotation_table
+    from medpeft.tasks.segmentation import build_dataset
+    from medpeft.tasks.segmentation_eval import dice_by_class
+
+    try:
+        angle = float(angles) if angles is not None else 45.0
+    except ValueError:
+        _fail(f"--angles {angles!r}: a 2D model rotates in-plane by one angle in degrees, e.g. 45")
+    before = dice_by_class(
+        model, build_dataset(cfg, records, labels, train=False), mode, cfg.train.batch_size
+    )
+    turned = build_dataset(cfg, records, labels, train=False)
+    turned.rotate_deg = angle
+    after = dice_by_class(model, turned, mode, cfg.train.batch_size)
+    table = {"angle_deg": angle, **rotation_table(before, after)}
+    (out / "rotation.json").write_text(json.dumps(table, indent=2))
+    rotation_chart(out / "rotation.png", table, f"rotated {angle:g} degrees in-plane")
+    typer.echo(f"rotated {angle:g} degrees in-plane: Dice original -> rotated (drop)")
+    for name, r in [*table["per_class"].items(), ("mean", table["mean"])]:
+        typer.echo(f"  {name}: {r['dice']:.3f} -> {r['dice_rotated']:.3f} ({r['drop']:+.3f})")
+    typer.echo(f"wrote {out}/rotation.json and rotation.png")
 
 
 def _rotation(rotate: bool, angles: str | None) -> tuple[float, float, float] | None:

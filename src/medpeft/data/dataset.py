@@ -24,6 +24,7 @@ from .transforms import (
     normalize,
     resize,
     resize_meta,
+    rotate,
     valid_region,
 )
 
@@ -53,7 +54,9 @@ class SegmentationDataset(Dataset):
     N = n_pos_points + n_neg_points; with ``depth_scale`` set, also ``depth`` float [1,S,S]: the
     record's depth map (``ImageRecord.depth``, stored value x ``depth_scale``), resized and augmented
     with the image (nearest neighbour) and min-max scaled to [0.1, 1] over its valid pixels per frame
-    (0 where invalid or padded), the input of a depth-guided model's depth stem. ``class_valid`` is False for labels the image is not
+    (0 where invalid or padded), the input of a depth-guided model's depth stem. ``rotate_deg`` rotates
+    every item in-plane by that angle about the centre (robustness evaluation; prompts follow the
+    rotated masks). ``class_valid`` is False for labels the image is not
     annotated for (``ImageRecord.annotated``, in a source collection).
 
     ``classes_per_image=K`` gives K slots per item instead of one per label: labels the image is
@@ -86,6 +89,7 @@ class SegmentationDataset(Dataset):
         cache: bool | None = None,
         classes_per_image: int | None = None,
         depth_scale: float | None = None,
+        rotate_deg: float | None = None,
     ) -> None:
         if resize not in RESIZE_MODES:
             raise ValueError(f"unknown resize {resize!r}; expected one of {RESIZE_MODES}")
@@ -116,6 +120,7 @@ class SegmentationDataset(Dataset):
         self.cache = len(self.records) <= CACHE_AUTO_LIMIT if cache is None else cache
         self._cache: dict[str, tuple[np.ndarray, np.ndarray, dict[str, Any]]] = {}
         self.depth_scale = depth_scale
+        self.rotate_deg = rotate_deg
         self._depth_cache: dict[str, np.ndarray] = {}
         if depth_scale is not None:
             missing = [r.image for r in self.records if r.depth is None]
@@ -218,6 +223,9 @@ class SegmentationDataset(Dataset):
         rng = self._rng(index)
         class_ids, class_valid, masks = self._slots(index, masks, rng)
         depth = self.load_depth(index) if self.depth_scale is not None else None
+        if self.rotate_deg:  # a fixed in-plane rotation (robustness evaluation), masks nearest
+            image, stacked = rotate(image, np.concatenate([masks, valid[None]]), self.rotate_deg)
+            masks, valid = stacked[:-1], stacked[-1]
         if self.augment is not None:
             maps = [masks, valid[None]] if depth is None else [masks, valid[None], depth[None]]
             if depth is not None:  # float stack: geometry is applied to the depth map too

@@ -249,16 +249,12 @@ def evaluate_volumes(
     summary = _summary([r for r in rows if not r["rotated"]], scored, axis)
     if rotation is not None:
         turned_summary = _summary([r for r in rows if r["rotated"]], scored, axis)
-        pairs = {n: (summary["per_class"][n]["dice"], turned_summary["per_class"][n]["dice"]) for n in scored}
-        pairs["mean"] = (summary["mean"]["dice"], turned_summary["mean"]["dice"])
-        rows_out = {
-            n: {"dice": a, "dice_rotated": b, "drop": None if a is None or b is None else a - b}
-            for n, (a, b) in pairs.items()
-        }
         summary["rotation"] = {
             "angles_rad": list(rotation),
-            "per_class": {n: rows_out[n] for n in scored},
-            "mean": rows_out["mean"],
+            **rotation_table(
+                {n: summary["per_class"][n]["dice"] for n in scored},
+                {n: turned_summary["per_class"][n]["dice"] for n in scored},
+            ),
         }
         rotation_chart(out_dir / "rotation.png", summary["rotation"])
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -288,7 +284,21 @@ def _summary(rows: list[dict[str, Any]], scored: list[str], axis: int) -> dict[s
     return summary
 
 
-def rotation_chart(path: Path, rotation: dict[str, Any]) -> None:
+def rotation_table(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, Any]:
+    """Per-class Dice original vs rotated and the drop, plus their means over classes."""
+
+    def row(a: float | None, b: float | None) -> dict[str, float | None]:
+        return {"dice": a, "dice_rotated": b, "drop": None if a is None or b is None else a - b}
+
+    names = list(before)
+    mean = lambda d: float(np.mean([d[n] for n in names if d.get(n) is not None])) if names else None  # noqa: E731
+    return {
+        "per_class": {n: row(before[n], after.get(n)) for n in names},
+        "mean": row(mean(before), mean(after)),
+    }
+
+
+def rotation_chart(path: Path, rotation: dict[str, Any], title: str | None = None) -> None:
     """Bars of per-class Dice, original vs rotated."""
     import matplotlib
 
@@ -303,8 +313,10 @@ def rotation_chart(path: Path, rotation: dict[str, Any]) -> None:
     ax.set_xticks(x, names, fontsize=8)
     ax.set_ylabel("Dice")
     ax.set_ylim(0, 1)
-    degrees = ", ".join(f"{math.degrees(a):.1f}" for a in rotation["angles_rad"])
-    ax.set_title(f"rotated ({degrees}) degrees about x, y, z", fontsize=9)
+    if title is None:
+        degrees = ", ".join(f"{math.degrees(a):.1f}" for a in rotation["angles_rad"])
+        title = f"rotated ({degrees}) degrees about x, y, z"
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -232,6 +232,22 @@ def predict_batches(model: nn.Module, dataset: Dataset, mode: str, batch_size: i
         model.train(was_training)
 
 
+def dice_by_class(
+    model: nn.Module, dataset: SegmentationDataset, mode: str, batch_size: int = 2
+) -> dict[str, float]:
+    """Mean Dice per label at the model's input resolution (against the items' own masks, so a rotated
+    dataset is scored against its rotated masks)."""
+    sums = torch.zeros(dataset.num_classes, dtype=torch.float64)
+    counts = torch.zeros(dataset.num_classes, dtype=torch.float64)
+    for batch, logits in predict_batches(model, dataset, mode, batch_size):
+        dice = dice_per_class(logits > 0, batch["masks"] > 0.5).cpu().double()
+        valid = batch["class_valid"].cpu() & torch.isfinite(dice)
+        ids = batch["class_ids"].cpu()
+        sums.index_add_(0, ids[valid], dice[valid])
+        counts.index_add_(0, ids[valid], torch.ones_like(dice[valid]))
+    return {n: float(sums[i] / counts[i]) for i, n in enumerate(dataset.label_names) if counts[i] > 0}
+
+
 def validate(model: nn.Module, dataset: Dataset, mode: str, batch_size: int = 2) -> float:
     """Mean Dice over images and classes (empty prediction on empty mask counts as 1)."""
     scores = []
