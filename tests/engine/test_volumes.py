@@ -43,6 +43,10 @@ def test_resampling_and_windows_by_hand(tmp_path: Path) -> None:
     assert half.array.shape == (2, 4, 4) and half.spacing == (2.0, 1.0, 1.0)
     assert set(np.unique(half.array)) == {0, 1} and half.array[0].all() and not half.array[1].any()
     assert to_uint8(np.array([[[-160.0, 40.0, 240.0, 1000.0]]]), "abdomen").tolist() == [[[0, 128, 255, 255]]]
+    mr = np.zeros((2, 2, 4), np.float32)
+    mr[0, 0] = [1.0, 2.0, 3.0, 4.0]  # non-zero voxels: mean 2.5, std 1.118; zeros (air) stay out
+    z = to_uint8(mr, "zscore")
+    assert z[0, 0].tolist() == [np.round((v - 2.5) / 1.1180340 / 6 * 255 + 127.5) for v in (1, 2, 3, 4)]
     with pytest.raises(DataError, match="unknown CT window 'liver'"):
         to_uint8(np.zeros((1, 1, 1)), "liver")
 

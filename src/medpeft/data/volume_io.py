@@ -72,12 +72,16 @@ def read_volume(path: Path, spacing: tuple[float, float, float] | None = None, l
 
 def to_uint8(volume: np.ndarray, window: str | tuple[float, float] | None = None) -> np.ndarray:
     """Intensities -> uint8: a CT window (preset name or (level, width) in HU) through MONAI's
-    ``ScaleIntensityRange``, or, with None, the 0.5-99.5 percentiles (MR) through
-    ``ScaleIntensityRangePercentiles``."""
+    ``ScaleIntensityRange``; ``"zscore"`` (MR: ``NormalizeIntensity`` over non-zero voxels, +-3 std);
+    or, with None, the 0.5-99.5 percentiles (MR) through ``ScaleIntensityRangePercentiles``."""
     from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
 
     x = torch.as_tensor(np.asarray(volume, np.float32))[None]
-    if window is None:
+    if window == "zscore":  # MR: mean 0, std 1 over the non-zero (body) voxels, then +-3 std -> 0-255
+        from monai.transforms import NormalizeIntensity
+
+        scaled = ScaleIntensityRange(-3.0, 3.0, 0.0, 255.0, clip=True)(NormalizeIntensity(nonzero=True)(x))
+    elif window is None:
         scaled = ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 255.0, clip=True)(x)
     else:
         if isinstance(window, str):
