@@ -310,15 +310,24 @@ def _volume_inputs(inputs: Path) -> list[Path]:
 
 
 def _predict_volumes(
-    model, cfg, volumes: list[Path], out: Path, overwrite: bool, axis: int, window: str | None
+    model,
+    cfg,
+    volumes: list[Path],
+    out: Path,
+    overwrite: bool,
+    axis: int,
+    window: str | None,
+    prompts: Path | None = None,
 ) -> None:
     """``medpeft predict`` on NIfTI volumes: slice-wise 2D segmentation, NIfTI label maps on the inputs' grids."""
+    from medpeft.data.volume_io import read_volume_prompts
     from medpeft.engine.checkpoint import atomic_write_json
     from medpeft.engine.predict import OUTPUT_FORMAT, check_output_dir, clear_output
     from medpeft.engine.volumes import predict_volume_file
 
     if cfg.task != "segmentation":
         _fail(f"volume inputs need a segmentation model; this is a {cfg.task} checkpoint")
+    boxes = read_volume_prompts(prompts, volumes, list(model.label_names)) if prompts is not None else {}
     clear_output(check_output_dir(out, overwrite, volumes))
     out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -332,7 +341,15 @@ def _predict_volumes(
     for path in volumes:
         report["volumes"].append(
             predict_volume_file(
-                model, path, out, axis, window, None, cfg.data.resize, cfg.data.normalize, cfg.eval.threshold
+                model,
+                path,
+                out,
+                axis,
+                window,
+                boxes.get(path),
+                cfg.data.resize,
+                cfg.data.normalize,
+                cfg.eval.threshold,
             )
         )
         typer.echo(f"{path.name}: {report['volumes'][-1]['voxels']}")
@@ -405,7 +422,7 @@ def predict(
             _fail(f"--task {task}: {checkpoint} is a {cfg.task} checkpoint")
         volume_inputs = _volume_inputs(inputs)
         if volume_inputs:
-            return _predict_volumes(model, cfg, volume_inputs, out, overwrite, axis, window)
+            return _predict_volumes(model, cfg, volume_inputs, out, overwrite, axis, window, prompts)
         writer = make_task(cfg).prediction_writer()
         if depth is not None:
             if getattr(writer, "depth_scale", None) is None:

@@ -328,3 +328,38 @@ def test_a_volume_dataset_source_splits_whole_subjects(
         and not (subjects["train"] & subjects["val"])
         and not (subjects["train"] & subjects["test"])
     )
+
+
+def test_volume_box_prompts_in_file_indices(tmp_path: Path, tiny_model) -> None:
+    from medpeft.data.volume_io import read_volume_prompts
+
+    affine = np.diag([-1.0, -1.0, 2.0, 1.0])  # L-P-S storage: x and y flip into RAS
+    volume = np.random.default_rng(2).normal(size=(20, 24, 6)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, affine), str(tmp_path / "v.nii.gz"))
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"v.nii.gz": {"boxes": {"Anterior": [2, 3, 1, 10, 12, 3]}}}))
+    boxes = read_volume_prompts(prompts, [tmp_path / "v.nii.gz"], ["Anterior", "Posterior"])
+    assert boxes[tmp_path / "v.nii.gz"]["Anterior"] == [9, 11, 1, 17, 20, 3]  # 19 - 10, 23 - 12, ...
+    for bad, message in (
+        ({"w.nii.gz": {"boxes": {}}}, "'w.nii.gz' is not one of the input volumes"),
+        ({"v.nii.gz": {"boxes": {"Liver": [0, 0, 0, 1, 1, 1]}}}, "Liver: unknown label"),
+        (
+            {"v.nii.gz": {"boxes": {"Anterior": [0, 0, 0, 1, 1, 6]}}},
+            "inverted or leaves the volume (20, 24, 6)",
+        ),
+        ({"v.nii.gz": {"boxes": {"Anterior": [0, 0, 0]}}}, "expected 6 voxel indices"),
+    ):
+        prompts.write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            read_volume_prompts(prompts, [tmp_path / "v.nii.gz"], ["Anterior", "Posterior"])
+
+    from medpeft.engine.volumes import predict_volume_file
+
+    prompts.write_text(json.dumps({"v.nii.gz": {"boxes": {"Anterior": [2, 3, 1, 10, 12, 3]}}}))
+    boxes = read_volume_prompts(prompts, [tmp_path / "v.nii.gz"], ["Anterior", "Posterior"])
+    entry = predict_volume_file(
+        tiny_model, tmp_path / "v.nii.gz", tmp_path / "out", boxes=boxes[tmp_path / "v.nii.gz"]
+    )
+    assert entry["prompt_mode"] == "box"
+    written = np.asarray(nib.load(str(tmp_path / "out" / "volumes" / "v.nii.gz")).dataobj)
+    assert written.shape == volume.shape and not written[:, :, [0, 4, 5]].any() and not (written == 2).any()

@@ -120,6 +120,57 @@ def write_label_volume(path: Path, labels: np.ndarray, like: Volume, table: dict
     return path
 
 
+def read_volume_prompts(
+    path: Path, volumes: list[Path], labels: list[str]
+) -> dict[Path, dict[str, list[float]]]:
+    """3D box prompts per volume from JSON ``{"<file name>": {"boxes": {"<label>": [x1, y1, z1, x2, y2,
+    z2]}}}`` in voxel indices of the file as stored (inclusive), converted to the RAS array's indices.
+    Checked before anything runs: unknown files or labels, malformed or inverted boxes, boxes outside."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"--prompts {path}: not a readable JSON file ({e})") from None
+    if not isinstance(data, dict):
+        raise DataError(
+            f'--prompts {path}: expected {{"<volume file>": {{"boxes": {{label: [6 numbers]}}}}}}'
+        )
+    by_name = {v.name: v for v in volumes}
+    out: dict[Path, dict[str, list[float]]] = {}
+    for name, entry in data.items():
+        if name not in by_name:
+            raise DataError(f"--prompts {path}: {name!r} is not one of the input volumes")
+        boxes = entry.get("boxes") if isinstance(entry, dict) else None
+        if not isinstance(boxes, dict) or set(entry) - {"boxes"}:
+            raise DataError(
+                f'--prompts {path}: {name}: expected {{"boxes": {{label: [x1, y1, z1, x2, y2, z2]}}}}'
+            )
+        image = nib.load(str(by_name[name]))
+        shape, ornt = image.shape[:3], nib.io_orientation(image.affine)
+        converted = {}
+        for label, box in boxes.items():
+            where = f"--prompts {path}: {name}: {label}"
+            if label not in labels:
+                raise DataError(f"{where}: unknown label; the model's labels: {labels}")
+            if not (
+                isinstance(box, list) and len(box) == 6 and all(isinstance(v, (int, float)) for v in box)
+            ):
+                raise DataError(f"{where}: expected 6 voxel indices [x1, y1, z1, x2, y2, z2]")
+            lo, hi = box[:3], box[3:]
+            if (
+                any(a > b for a, b in zip(lo, hi, strict=True))
+                or min(lo) < 0
+                or any(b >= n for b, n in zip(hi, shape, strict=True))
+            ):
+                raise DataError(f"{where}: box {box} is inverted or leaves the volume {tuple(shape)}")
+            ras_lo, ras_hi = [0.0] * 3, [0.0] * 3
+            for i, (ras_axis, flip) in enumerate(ornt):
+                a, b = (shape[i] - 1 - hi[i], shape[i] - 1 - lo[i]) if flip < 0 else (lo[i], hi[i])
+                ras_lo[int(ras_axis)], ras_hi[int(ras_axis)] = a, b
+            converted[label] = [*ras_lo, *ras_hi]
+        out[by_name[name]] = converted
+    return out
+
+
 def read_msd(root: Path) -> tuple[list[tuple[Path, Path | None]], dict[int, str], dict[str, str]]:
     """An MSD / nnU-Net dataset: ``dataset.json`` -> (cases (image, label or None), label table without
     background, modalities). Paths in ``training`` are relative to ``root``; nnU-Net v2's

@@ -371,6 +371,7 @@ def predict_volume_file(
         "volume": str(path),
         "labels": f"volumes/{name}.nii.gz",
         "picture": f"pictures/{name}.png",
+        "prompt_mode": "box" if boxes else "auto",
         "voxels": {n: int((labels_3d == i + 1).sum()) for i, n in enumerate(model.label_names)},
         "spacing": list(volume.spacing),
     }
