@@ -339,7 +339,9 @@ def test_volume_box_prompts_in_file_indices(tmp_path: Path, tiny_model) -> None:
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps({"v.nii.gz": {"boxes": {"Anterior": [2, 3, 1, 10, 12, 3]}}}))
     boxes = read_volume_prompts(prompts, [tmp_path / "v.nii.gz"], ["Anterior", "Posterior"])
-    assert boxes[tmp_path / "v.nii.gz"]["Anterior"] == [9, 11, 1, 17, 20, 3]  # 19 - 10, 23 - 12, ...
+    assert boxes[tmp_path / "v.nii.gz"]["boxes"]["Anterior"] == [
+        [9, 11, 1, 17, 20, 3]
+    ]  # 19 - 10, 23 - 12, ...
     for bad, message in (
         ({"w.nii.gz": {"boxes": {}}}, "'w.nii.gz' is not one of the input volumes"),
         ({"v.nii.gz": {"boxes": {"Liver": [0, 0, 0, 1, 1, 1]}}}, "Liver: unknown label"),
@@ -348,6 +350,8 @@ def test_volume_box_prompts_in_file_indices(tmp_path: Path, tiny_model) -> None:
             "inverted or leaves the volume (20, 24, 6)",
         ),
         ({"v.nii.gz": {"boxes": {"Anterior": [0, 0, 0]}}}, "expected 6 voxel indices"),
+        ({"v.nii.gz": {"points": {"Anterior": [[1, 2, 3, 2]]}}}, "the point label must be 1 (positive) or 0"),
+        ({"v.nii.gz": {"clicks": {}}}, 'expected {"boxes"'),
     ):
         prompts.write_text(json.dumps(bad))
         with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -358,8 +362,24 @@ def test_volume_box_prompts_in_file_indices(tmp_path: Path, tiny_model) -> None:
     prompts.write_text(json.dumps({"v.nii.gz": {"boxes": {"Anterior": [2, 3, 1, 10, 12, 3]}}}))
     boxes = read_volume_prompts(prompts, [tmp_path / "v.nii.gz"], ["Anterior", "Posterior"])
     entry = predict_volume_file(
-        tiny_model, tmp_path / "v.nii.gz", tmp_path / "out", boxes=boxes[tmp_path / "v.nii.gz"]
+        tiny_model, tmp_path / "v.nii.gz", tmp_path / "out", prompts=boxes[tmp_path / "v.nii.gz"]
     )
-    assert entry["prompt_mode"] == "box"
+    assert entry["prompt_mode"] == "boxes"
     written = np.asarray(nib.load(str(tmp_path / "out" / "volumes" / "v.nii.gz")).dataobj)
     assert written.shape == volume.shape and not written[:, :, [0, 4, 5]].any() and not (written == 2).any()
+
+
+def test_per_slice_boxes_and_points_reach_their_slices(tiny_model) -> None:
+    from medpeft.engine.volumes import slice_prompts
+
+    shape = (20, 24, 5)
+    boxes = {"Anterior": [[2, 3, 1, 10, 12, 1], [4, 5, 3, 8, 9, 3]]}  # one box per slice
+    points = {"Posterior": [[6, 7, 2], [8, 9, 2, 0]]}
+    assert slice_prompts(boxes, points, 2, 1, shape) == {"boxes": {"Anterior": [9, 11, 18, 21]}}
+    assert slice_prompts(boxes, points, 2, 2, shape) == {"points": {"Posterior": [[13, 16, 1], [11, 14, 0]]}}
+    assert slice_prompts(boxes, points, 2, 3, shape) == {"boxes": {"Anterior": [11, 14, 16, 19]}}
+    volume = np.random.default_rng(3).integers(0, 255, shape).astype(np.uint8)
+    out = segment_volume(tiny_model, volume, 2, 8, boxes, points=points)
+    assert (
+        not out[:, :, [0, 4]].any() and not (out[:, :, [1, 3]] == 2).any() and not (out[:, :, 2] == 1).any()
+    )

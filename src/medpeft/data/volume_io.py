@@ -12,6 +12,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -120,53 +121,81 @@ def write_label_volume(path: Path, labels: np.ndarray, like: Volume, table: dict
     return path
 
 
-def read_volume_prompts(
-    path: Path, volumes: list[Path], labels: list[str]
-) -> dict[Path, dict[str, list[float]]]:
-    """3D box prompts per volume from JSON ``{"<file name>": {"boxes": {"<label>": [x1, y1, z1, x2, y2,
-    z2]}}}`` in voxel indices of the file as stored (inclusive), converted to the RAS array's indices.
-    Checked before anything runs: unknown files or labels, malformed or inverted boxes, boxes outside."""
+def _to_ras(index: list[float], shape: tuple[int, ...], ornt: np.ndarray) -> list[float]:
+    """Voxel indices of a file as stored -> indices of its RAS-reoriented array."""
+    ras = [0.0] * 3
+    for i, (ras_axis, flip) in enumerate(ornt):
+        ras[int(ras_axis)] = shape[i] - 1 - index[i] if flip < 0 else index[i]
+    return ras
+
+
+def read_volume_prompts(path: Path, volumes: list[Path], labels: list[str]) -> dict[Path, dict[str, Any]]:
+    """Prompts per volume from JSON, in voxel indices of each file as stored, converted to the RAS
+    array's indices::
+
+        {"<file name>": {"boxes": {"<label>": [x1, y1, z1, x2, y2, z2] or a list of such boxes
+                                   (one per slice: z1 == z2)},
+                         "points": {"<label>": [[x, y, z], [x, y, z, 0], ...]}}}   # 1 positive, 0 negative
+
+    Checked before anything runs (one line naming the file, volume and label): unknown files, keys or
+    labels, malformed, inverted or out-of-volume boxes and points."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise DataError(f"--prompts {path}: not a readable JSON file ({e})") from None
     if not isinstance(data, dict):
-        raise DataError(
-            f'--prompts {path}: expected {{"<volume file>": {{"boxes": {{label: [6 numbers]}}}}}}'
-        )
+        raise DataError(f'--prompts {path}: expected {{"<volume file>": {{"boxes": ..., "points": ...}}}}')
     by_name = {v.name: v for v in volumes}
-    out: dict[Path, dict[str, list[float]]] = {}
+    out: dict[Path, dict[str, Any]] = {}
     for name, entry in data.items():
         if name not in by_name:
             raise DataError(f"--prompts {path}: {name!r} is not one of the input volumes")
-        boxes = entry.get("boxes") if isinstance(entry, dict) else None
-        if not isinstance(boxes, dict) or set(entry) - {"boxes"}:
-            raise DataError(
-                f'--prompts {path}: {name}: expected {{"boxes": {{label: [x1, y1, z1, x2, y2, z2]}}}}'
-            )
+        if not isinstance(entry, dict) or not entry or set(entry) - {"boxes", "points"}:
+            raise DataError(f'--prompts {path}: {name}: expected {{"boxes": {{...}}, "points": {{...}}}}')
         image = nib.load(str(by_name[name]))
         shape, ornt = image.shape[:3], nib.io_orientation(image.affine)
-        converted = {}
-        for label, box in boxes.items():
-            where = f"--prompts {path}: {name}: {label}"
-            if label not in labels:
-                raise DataError(f"{where}: unknown label; the model's labels: {labels}")
-            if not (
-                isinstance(box, list) and len(box) == 6 and all(isinstance(v, (int, float)) for v in box)
-            ):
-                raise DataError(f"{where}: expected 6 voxel indices [x1, y1, z1, x2, y2, z2]")
-            lo, hi = box[:3], box[3:]
-            if (
-                any(a > b for a, b in zip(lo, hi, strict=True))
-                or min(lo) < 0
-                or any(b >= n for b, n in zip(hi, shape, strict=True))
-            ):
-                raise DataError(f"{where}: box {box} is inverted or leaves the volume {tuple(shape)}")
-            ras_lo, ras_hi = [0.0] * 3, [0.0] * 3
-            for i, (ras_axis, flip) in enumerate(ornt):
-                a, b = (shape[i] - 1 - hi[i], shape[i] - 1 - lo[i]) if flip < 0 else (lo[i], hi[i])
-                ras_lo[int(ras_axis)], ras_hi[int(ras_axis)] = a, b
-            converted[label] = [*ras_lo, *ras_hi]
+
+        converted: dict[str, Any] = {}
+        for kind in ("boxes", "points"):
+            given = entry.get(kind, {})
+            if not isinstance(given, dict):
+                raise DataError(f"--prompts {path}: {name}: {kind} must map labels to {kind}")
+            for label, value in given.items():
+                where = f"--prompts {path}: {name}: {kind} {label}"
+                if label not in labels:
+                    raise DataError(f"{where}: unknown label; the model's labels: {labels}")
+                items = value if value and isinstance(value[0], list) else [value]
+                parsed = []
+                for item in items:
+                    n = (6,) if kind == "boxes" else (3, 4)
+                    if not (
+                        isinstance(item, list)
+                        and len(item) in n
+                        and all(isinstance(v, (int, float)) for v in item)
+                    ):
+                        expected = (
+                            "6 voxel indices [x1, y1, z1, x2, y2, z2]"
+                            if kind == "boxes"
+                            else "[x, y, z] or [x, y, z, 1|0]"
+                        )
+                        raise DataError(f"{where}: {item!r}: expected {expected}")
+                    lo, hi = (item[:3], item[3:]) if kind == "boxes" else (item[:3], item[:3])
+                    if (
+                        any(a > b for a, b in zip(lo, hi, strict=True))
+                        or min(lo) < 0
+                        or any(b > n_ - 1 for b, n_ in zip(hi, shape, strict=True))
+                    ):
+                        raise DataError(f"{where}: {item} is inverted or leaves the volume {tuple(shape)}")
+                    if kind == "points" and len(item) == 4 and item[3] not in (0, 1):
+                        raise DataError(
+                            f"{where}: {item}: the point label must be 1 (positive) or 0 (negative)"
+                        )
+                    if kind == "boxes":
+                        a, b = _to_ras(lo, shape, ornt), _to_ras(hi, shape, ornt)
+                        parsed.append([*np.minimum(a, b).tolist(), *np.maximum(a, b).tolist()])
+                    else:
+                        parsed.append([*_to_ras(lo, shape, ornt), *item[3:]])
+                converted.setdefault(kind, {})[label] = parsed
         out[by_name[name]] = converted
     return out
 

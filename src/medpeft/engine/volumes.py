@@ -67,37 +67,39 @@ def segment_volume(
     volume: np.ndarray,
     axis: int = 2,
     batch_size: int = 8,
-    boxes: dict[str, list[float]] | None = None,
+    boxes: dict[str, Any] | None = None,
     resize_mode: str = "longest_pad",
     normalize_mode: str = "sam",
     threshold: float = 0.5,
+    points: dict[str, list[list[float]]] | None = None,
 ) -> np.ndarray:
     """Label map [X, Y, Z] (0 background, c + 1 = the model's c-th label; overlaps to the likeliest) of a
-    uint8 volume, one batched 2D prediction per slice along ``axis``: automatic mode, or the 3D ``boxes``
-    (label -> voxel box) projected on every slice they cross (classes without a box there stay empty)."""
+    uint8 volume, one batched 2D prediction per slice along ``axis``: automatic mode, or prompts in RAS
+    voxel indices: ``boxes`` (label -> one box ``[x1, y1, z1, x2, y2, z2]`` or a list of them, e.g. one
+    per slice) projected on every slice they cross, and ``points`` (label -> ``[x, y, z]`` or
+    ``[x, y, z, 1|0]``) on their slice. With prompts, a class with none on a slice predicts nothing there."""
     if volume.ndim != 3 or not 0 <= axis < 3:
         raise ValueError(f"expected a 3D volume and axis 0-2, got shape {volume.shape} and axis {axis}")
     labels = list(model.label_names)
+    prompted = bool(boxes) or bool(points)
     out = np.zeros(volume.shape, np.uint16 if len(labels) > 254 else np.uint8)
     model.eval()
     slices = list(range(volume.shape[axis]))
     for start in range(0, len(slices), batch_size):
         ks = slices[start : start + batch_size]
-        tensors, metas, prompts = [], [], []
+        tensors, metas, prompts, entries = [], [], [], []
         for k in ks:
             image = to_display(np.take(volume, k, axis=axis))
             tensor, meta = model_input(
                 np.repeat(image[..., None], 3, -1), model.image_size, resize_mode, normalize_mode
             )
-            entry = None
-            if boxes:
-                projected = {n: box_on_slice(b, axis, k, volume.shape) for n, b in boxes.items()}
-                entry = {"boxes": {n: b for n, b in projected.items() if b is not None}}
+            entry = slice_prompts(boxes, points, axis, k, volume.shape) if prompted else None
             prompt, _ = image_prompts(entry, labels, meta)
             tensors.append(tensor)
             metas.append(meta)
             prompts.append(prompt)
-        if boxes:  # one prompt set per slice: boxes differ between slices
+            entries.append(entry or {})
+        if prompted:  # one prompt set per slice: prompts differ between slices
             logits = torch.cat(
                 [model(t.to(model.device), p.to(model.device)) for t, p in zip(tensors, prompts, strict=True)]
             )
@@ -109,8 +111,8 @@ def segment_volume(
         probs = torch.sigmoid(logits).float().cpu()
         for i, k in enumerate(ks):
             prob = undo_resize(probs[i], metas[i], "bilinear").numpy()
-            if boxes:  # a class with no box on this slice predicts nothing there
-                present = _slice_boxes(boxes, axis, k, volume.shape)
+            if prompted:  # a class with no prompt on this slice predicts nothing there
+                present = set(entries[i].get("boxes", {})) | set(entries[i].get("points", {}))
                 prob[[c for c, n in enumerate(labels) if n not in present]] = 0.0
             masks = prob > threshold
             best = np.argmax(np.where(masks, prob, -np.inf), axis=0)
@@ -121,10 +123,28 @@ def segment_volume(
     return out
 
 
-def _slice_boxes(
-    boxes: dict[str, list[float]], axis: int, k: int, shape: tuple[int, ...]
-) -> dict[str, list[float]]:
-    return {n: b for n, b in boxes.items() if box_on_slice(b, axis, k, shape) is not None}
+def slice_prompts(
+    boxes: dict[str, Any] | None,
+    points: dict[str, list[list[float]]] | None,
+    axis: int,
+    k: int,
+    shape: tuple[int, ...],
+) -> dict[str, Any]:
+    """The prompts of slice ``k`` in display pixels (``image_prompts``'s entry layout)."""
+    entry: dict[str, Any] = {}
+    for name, given in (boxes or {}).items():
+        many = given if given and isinstance(given[0], (list, tuple)) else [given]
+        hit = next((b for b in (box_on_slice(list(g), axis, k, shape) for g in many) if b is not None), None)
+        if hit is not None:
+            entry.setdefault("boxes", {})[name] = hit
+    a0, a1 = [i for i in range(3) if i != axis]
+    for name, pts in (points or {}).items():
+        here = [p for p in pts if int(round(p[axis])) == k]
+        if here:  # display column c <-> n0 - 1 - a0 index, row r <-> n1 - 1 - a1 index
+            entry.setdefault("points", {})[name] = [
+                [shape[a0] - 1 - p[a0], shape[a1] - 1 - p[a1], int(p[3]) if len(p) > 3 else 1] for p in here
+            ]
+    return entry
 
 
 def mid_slices_picture(
@@ -351,7 +371,7 @@ def predict_volume_file(
     out_dir: Path,
     axis: int = 2,
     window: str | tuple[float, float] | None = None,
-    boxes: dict[str, list[float]] | None = None,
+    prompts: dict[str, Any] | None = None,
     resize_mode: str = "longest_pad",
     normalize_mode: str = "sam",
     threshold: float = 0.5,
@@ -362,7 +382,18 @@ def predict_volume_file(
 
     volume: Volume = read_volume(path)
     pixels = to_uint8(volume.array, window)
-    labels_3d = segment_volume(model, pixels, axis, 8, boxes, resize_mode, normalize_mode, threshold)
+    prompts = prompts or {}
+    labels_3d = segment_volume(
+        model,
+        pixels,
+        axis,
+        8,
+        prompts.get("boxes"),
+        resize_mode,
+        normalize_mode,
+        threshold,
+        prompts.get("points"),
+    )
     name = path.name.removesuffix(".gz").removesuffix(".nii")
     table = {i + 1: n for i, n in enumerate(model.label_names)}
     write_label_volume(out_dir / "volumes" / f"{name}.nii.gz", labels_3d, volume, table)
@@ -371,7 +402,7 @@ def predict_volume_file(
         "volume": str(path),
         "labels": f"volumes/{name}.nii.gz",
         "picture": f"pictures/{name}.png",
-        "prompt_mode": "box" if boxes else "auto",
+        "prompt_mode": "+".join(k for k in ("boxes", "points") if prompts.get(k)) or "auto",
         "voxels": {n: int((labels_3d == i + 1).sum()) for i, n in enumerate(model.label_names)},
         "spacing": list(volume.spacing),
     }
