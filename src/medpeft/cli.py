@@ -18,6 +18,13 @@ app = typer.Typer(
     help="Parameter-efficient fine-tuning of SAM, SAM2 and Depth Anything on medical images.",
 )
 
+ImageGlobOpt = Annotated[
+    str | None, typer.Option(help="Subject folders: image pattern under the root, e.g. '*/*/Flair*.nii.gz'")
+]
+LabelMapOpt = Annotated[
+    str | None, typer.Option(help="Subject folders: label map pattern, e.g. '{dir}/OTMultiClass.nii.gz'")
+]
+LabelTableOpt = Annotated[Path | None, typer.Option(help="Subject folders: labels.json (value -> name)")]
 DEPTH_TASKS = ("depth", "selfsup_depth")  # tasks whose output is a depth map
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a config key, e.g. train.lr=3e-4")
@@ -135,6 +142,9 @@ def evaluate(
         str | None,
         typer.Option(help="Rotation in degrees about x,y,z (RAS) for --rotate (default: 5.73,5.73,45)"),
     ] = None,
+    image_glob: ImageGlobOpt = None,
+    label_map: LabelMapOpt = None,
+    label_table: LabelTableOpt = None,
 ) -> None:
     """Score a checkpoint: per-image CSV, summary JSON, table and overlays (or per-case 3D scores with
     ``--volumes``)."""
@@ -157,7 +167,16 @@ def evaluate(
         model, record, cfg = load_trained(checkpoint)
         if volumes is not None:
             return _evaluate_volumes(
-                model, cfg, checkpoint, volumes, volume_split, axis, window, out, _rotation(rotate, angles)
+                model,
+                cfg,
+                checkpoint,
+                volumes,
+                volume_split,
+                axis,
+                window,
+                out,
+                _rotation(rotate, angles),
+                {"image_glob": image_glob, "label_map": label_map, "label_table": label_table},
             )
         if cfg.task != "segmentation" and rotate:
             _fail("--rotate scores segmentation models")
@@ -208,6 +227,7 @@ def _evaluate_volumes(
     window: str | None,
     out: Path | None,
     rotation: tuple[float, float, float] | None = None,
+    layout: dict | None = None,
 ) -> None:
     """``medpeft evaluate --volumes``: a 2D segmenter slice by slice on every case, scored in 3D (mm)."""
     from medpeft.data.volume_io import read_volume_dataset
@@ -215,7 +235,7 @@ def _evaluate_volumes(
 
     if cfg.task != "segmentation":
         _fail(f"--volumes scores segmentation models; {checkpoint} is a {cfg.task} checkpoint")
-    cases, table = read_volume_dataset(root, split)
+    cases, table = read_volume_dataset(root, split, **(layout or {}))
     out = out or Path(cfg.train.output_dir) / f"eval-volumes-{root.name}"
     summary = evaluate_volumes(
         model,
@@ -444,13 +464,18 @@ def predict(
 @app.command("check-data")
 def check_data(
     root: Annotated[Path, typer.Argument(help="Volume dataset (dataset.json, or images/ + labels/)")],
+    image_glob: ImageGlobOpt = None,
+    label_map: LabelMapOpt = None,
+    label_table: LabelTableOpt = None,
 ) -> None:
     """Check a volume dataset: readable files, image vs label shape and affine, label values vs the table,
     empty label maps, labels never present. One line per problem; exit code 1 when there are any."""
     from medpeft.data.volume_io import check_volume_dataset
 
     with _one_line_errors():
-        n, problems = check_volume_dataset(root)
+        n, problems = check_volume_dataset(
+            root, image_glob=image_glob, label_map=label_map, label_table=label_table
+        )
     for line in problems:
         typer.echo(line)
     typer.echo(f"{n} case(s) checked: {len(problems)} problem(s)")

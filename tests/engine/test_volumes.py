@@ -274,7 +274,7 @@ def test_check_data_reports_each_planted_problem(tmp_path: Path) -> None:
 
 
 @pytest.mark.shared
-def test_shared_volume_layouts_read() -> None:
+def test_shared_volume_layouts_read(tmp_path: Path) -> None:
     from medpeft.data.volume_io import check_volume_dataset, read_volume_dataset
 
     acdc = shared_data("acdc")
@@ -287,7 +287,24 @@ def test_shared_volume_layouts_read() -> None:
     assert brain.spacing[2] == pytest.approx(6.5, abs=0.01)
     ct = read_volume(shared_data("totalseg-example") / "example_ct_sm.nii.gz")
     assert ct.array.ndim == 3 and to_uint8(ct.array, "abdomen").dtype == np.uint8
-    flair = sorted((shared_data("brats2015-sample")).glob("*/*/Flair_subtrMeanDivStd.nii.gz"))
+    brats = shared_data("brats2015-sample")
+    table = tmp_path / "brats_labels.json"
+    table.write_text(json.dumps({"1": "necrosis", "2": "edema", "3": "non_enhancing", "4": "enhancing"}))
+    result = CliRunner().invoke(
+        app,
+        [
+            "check-data",
+            str(brats),
+            "--image-glob",
+            "*/*/Flair_subtrMeanDivStd.nii.gz",
+            "--label-map",
+            "{dir}/OTMultiClass.nii.gz",
+            "--label-table",
+            str(table),
+        ],
+    )
+    assert result.exit_code == 0 and "6 case(s) checked: 0 problem(s)" in result.output, result.output
+    flair = sorted(brats.glob("*/*/Flair_subtrMeanDivStd.nii.gz"))
     seg = read_volume(flair[0].parent / "OTMultiClass.nii.gz", label=True)
     assert read_volume(flair[0]).array.shape == seg.array.shape and set(np.unique(seg.array)) <= {
         0,

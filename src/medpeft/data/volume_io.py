@@ -247,12 +247,39 @@ def read_msd(root: Path) -> tuple[list[tuple[Path, Path | None]], dict[int, str]
 
 
 def read_volume_dataset(
-    root: Path, split: str | None = None
+    root: Path,
+    split: str | None = None,
+    image_glob: str | None = None,
+    label_map: str | None = None,
+    label_table: Path | None = None,
 ) -> tuple[list[tuple[Path, Path | None]], dict[int, str]]:
     """Cases and label table of a volume dataset: MSD / nnU-Net (``dataset.json``), or ``images/`` +
     ``labels/`` with the same file names, ``labels.json`` (value -> name; default ``{1: foreground}``)
-    and optional ``<split>.list`` files of case names (ACDC). ``split`` keeps one list's cases."""
+    and optional ``<split>.list`` files of case names (ACDC). ``split`` keeps one list's cases.
+
+    Subject folders (BRATS): ``image_glob`` (relative to ``root``, e.g. ``*/*/Flair*.nii.gz``) with
+    ``label_map`` (``{dir}`` and ``{stem}``: the image's folder and name, e.g. ``{dir}/OTMultiClass.nii.gz``)
+    and ``label_table`` (a labels.json; default ``{1: foreground}``)."""
     root = Path(root)
+    if image_glob is not None:
+        images = sorted(p for p in root.glob(image_glob) if p.name.lower().endswith(VOLUME_SUFFIXES))
+        if not images:
+            raise DataError(f"{root}: the pattern {image_glob!r} matches no .nii / .nii.gz volume")
+        if label_map is None:
+            raise DataError("subject folders need a label map pattern, e.g. '{dir}/OTMultiClass.nii.gz'")
+        cases = []
+        for image in images:
+            stem = image.name.removesuffix(".gz").removesuffix(".nii")
+            label = Path(label_map.format(dir=image.parent, stem=stem))
+            if not label.is_file():
+                raise DataError(f"label map {label} (for {image}) not found")
+            cases.append((image, label))
+        table = {1: "foreground"}
+        if label_table is not None:
+            from .labels import parse_labels_json
+
+            table = {int(k): v for k, v in parse_labels_json(Path(label_table)).items()}
+        return cases, table
     if (root / "dataset.json").is_file():
         cases, table, _ = read_msd(root)
     elif (root / "images").is_dir():
@@ -279,11 +306,12 @@ def read_volume_dataset(
     return cases, table
 
 
-def check_volume_dataset(root: Path) -> tuple[int, list[str]]:
+def check_volume_dataset(root: Path, **layout: Any) -> tuple[int, list[str]]:
     """Integrity check in the spirit of nnU-Net's ``--verify_dataset_integrity``: every image and label
     readable, same shape, same affine (1e-3), label values within the table, no empty label map, every
-    label present somewhere. Returns (cases checked, one line per problem)."""
-    cases, table = read_volume_dataset(root)
+    label present somewhere. ``layout``: :func:`read_volume_dataset`'s subject-folder options. Returns
+    (cases checked, one line per problem)."""
+    cases, table = read_volume_dataset(root, **layout)
     problems: list[str] = []
     seen: set[int] = set()
     for image_path, label_path in cases:
