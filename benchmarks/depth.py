@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import machine_info
+from machine import report
 from process_memory import emit_result, peak_rss_mib, run_marked_worker
 
 METRICS = ("abs_rel", "rmse", "a1")
@@ -183,13 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_marked_worker([sys.executable, __file__, "--worker", str(job_file)], {"method": name})
         )
         print(json.dumps(rows[-1]), flush=True)
-    table = format_table(rows)
-    print(table)
-    out = {"data": str(data), "settings": settings, "machine": machine_info(), "rows": rows, "table": table}
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
-    return out
+    return report(rows, format_table(rows), args.out, data=str(data), settings=settings)
 
 
 if __name__ == "__main__":

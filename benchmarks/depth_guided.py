@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import machine_info
+from machine import report
 from process_memory import emit_result, peak_rss_mib, run_marked_worker
 
 VARIANTS = {"rgb_only": "none", "depth_anything": "depth_anything", "depth_file": "file"}
@@ -184,13 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         row = run_marked_worker([sys.executable, __file__, "--worker", str(job_file)], {"variant": variant})
         rows.append(row)
         print(json.dumps(row), flush=True)
-    table = format_table(rows)
-    print(table)
-    out = {"dataset": name, "settings": settings, "machine": machine_info(), "rows": rows, "table": table}
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
-    return out
+    return report(rows, format_table(rows), args.out, dataset=name, settings=settings)
 
 
 if __name__ == "__main__":

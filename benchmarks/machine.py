@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
+from typing import Any
 
 
 def machine_info() -> dict[str, object]:
@@ -16,3 +19,13 @@ def machine_info() -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
+
+
+def report(rows: list[dict[str, Any]], table: str, out: Path | None, **fields: Any) -> dict[str, Any]:
+    """Print a benchmark's table and write its JSON (``fields``, the machine, the rows and the table) to ``out``."""
+    print(table)
+    result = {**fields, "machine": machine_info(), "rows": rows, "table": table}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return result

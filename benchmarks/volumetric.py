@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from machine import machine_info
+from machine import report
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -138,18 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"[volumetric] {name} ...", flush=True)
         rows.append(run(name, args))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_class"}), flush=True)
-    table = format_table(rows)
-    print(table)
-    out = {
-        "settings": {k: str(v) for k, v in vars(args).items()},
-        "machine": machine_info(),
-        "rows": rows,
-        "table": table,
-    }
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2) + "\n")
-    return out
+    return report(rows, format_table(rows), args.out, settings={k: str(v) for k, v in vars(args).items()})
 
 
 if __name__ == "__main__":
