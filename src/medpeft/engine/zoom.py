@@ -1,0 +1,92 @@
+"""SegVol's zoom-out-zoom-in inference for any 3D predictor, and the plain sliding window it is compared
+with; both through MONAI's ``sliding_window_inference`` (Gaussian weighting, overlap).
+
+Zoom out: the whole volume resized to the model's input, predicted once, upsampled. Region of interest:
+the box of the coarse prediction (or of a given prompt box), grown by a margin. Zoom in: a sliding window
+at full resolution inside that region only; outside it the coarse prediction stands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]  # [B, C, D, H, W] -> logits [B, K, D, H, W]
+
+
+def sliding_window(
+    predictor: Predictor,
+    volume: torch.Tensor,
+    roi_size: tuple[int, int, int],
+    overlap: float = 0.25,
+    batch: int = 1,
+) -> torch.Tensor:
+    """Full-resolution logits of ``volume`` ``[1, C, D, H, W]`` by Gaussian-weighted overlapping windows."""
+    from monai.inferers import sliding_window_inference
+
+    return sliding_window_inference(volume, roi_size, batch, predictor, overlap=overlap, mode="gaussian")
+
+
+@dataclass(frozen=True)
+class ZoomResult:
+    """Logits ``[1, K, D, H, W]``, the region of interest (``(z0, y0, x0, z1, y1, x1)``, end exclusive; None
+    when the coarse prediction found nothing) and the voxels the zoom-in pass covered."""
+
+    logits: torch.Tensor
+    roi: tuple[int, int, int, int, int, int] | None
+    zoom_in_voxels: int
+
+
+def region_of_interest(
+    mask: torch.Tensor, margin: float, minimum: tuple[int, int, int]
+) -> tuple[int, int, int, int, int, int] | None:
+    """Box around the true voxels of ``mask`` ``[D, H, W]``, grown by ``margin`` of its size on each side
+    and to at least ``minimum`` (one window), clipped to the volume; None when nothing is true."""
+    idx = mask.nonzero()
+    if not len(idx):
+        return None
+    lo, hi = idx.min(0).values, idx.max(0).values + 1
+    box = []
+    for axis in range(3):
+        size = int(mask.shape[axis])
+        extent = int(hi[axis] - lo[axis])
+        grow = int(round(margin * extent))
+        start, end = int(lo[axis]) - grow, int(hi[axis]) + grow
+        short = max(0, min(minimum[axis], size) - (end - start))
+        start, end = start - short // 2, end + (short - short // 2)
+        shift = max(0, -start) - max(0, end - size)
+        box.append((max(0, start + shift), min(size, end + shift)))
+    return (box[0][0], box[1][0], box[2][0], box[0][1], box[1][1], box[2][1])
+
+
+def zoom_out_zoom_in(
+    predictor: Predictor,
+    volume: torch.Tensor,
+    roi_size: tuple[int, int, int],
+    overlap: float = 0.25,
+    threshold: float = 0.5,
+    margin: float = 0.25,
+    box: tuple[int, int, int, int, int, int] | None = None,
+) -> ZoomResult:
+    """SegVol's two-pass inference of ``volume`` ``[1, C, D, H, W]`` (see the module doc); ``box`` (a
+    prompt, voxel ``(z0, y0, x0, z1, y1, x1)``) replaces the coarse prediction's region."""
+    full = tuple(int(s) for s in volume.shape[2:])
+    coarse = predictor(F.interpolate(volume, size=roi_size, mode="trilinear", align_corners=False))
+    logits = F.interpolate(coarse, size=full, mode="trilinear", align_corners=False)
+    if box is None:
+        found = (torch.sigmoid(logits[0]) > threshold).any(0)
+        roi = region_of_interest(found, margin, roi_size)
+    else:
+        marker = torch.zeros(full, dtype=torch.bool)
+        marker[box[0] : box[3], box[1] : box[4], box[2] : box[5]] = True
+        roi = region_of_interest(marker, margin, roi_size)
+    if roi is None:
+        return ZoomResult(logits, None, 0)
+    z0, y0, x0, z1, y1, x1 = roi
+    inside = sliding_window(predictor, volume[..., z0:z1, y0:y1, x0:x1], roi_size, overlap)
+    logits = logits.clone()
+    logits[..., z0:z1, y0:y1, x0:x1] = inside
+    return ZoomResult(logits, roi, (z1 - z0) * (y1 - y0) * (x1 - x0))
