@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean check-escnn
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,6 +26,14 @@ lint: venv
 
 bench: venv
 	$(PY) benchmarks/train_step.py
+
+# escnn pins numpy < 2, so its comparison runs in its own environment (needs the package registries).
+check-escnn:
+	test -x .venv-escnn/bin/python || python3 -m venv .venv-escnn
+	.venv-escnn/bin/pip install -q -c constraints.txt torch==2.13.0
+	.venv-escnn/bin/pip install -q "numpy<2" escnn
+	.venv-escnn/bin/pip install -q --no-deps -e .
+	.venv-escnn/bin/python scripts/check_steerable_escnn.py --patch 4 --bases 4
 
 clean:
 	rm -rf runs .pytest_cache
