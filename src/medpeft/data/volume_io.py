@@ -30,14 +30,6 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 
 
-def is_volume_path(path: Path) -> bool:
-    """A NIfTI file, or a folder holding a DICOM series (``.dcm`` files)."""
-    path = Path(path)
-    if path.is_file():
-        return path.name.lower().endswith(VOLUME_SUFFIXES)
-    return path.is_dir() and any(p.suffix.lower() == ".dcm" for p in path.iterdir())
-
-
 @dataclass
 class Volume:
     """``array`` [X, Y, Z] in RAS order, ``affine`` (voxel -> RAS mm) of that array, ``spacing`` (mm),

@@ -75,11 +75,6 @@ class DepthGuidedSegmenter(nn.Module):
     }
 
     @property
-    def takes_depth_maps(self) -> bool:
-        """Whether calls need ``depth_maps`` (the depth source is ``file``)."""
-        return self.source == "file"
-
-    @property
     def label_names(self) -> list[str]:
         return self.rgb.label_names
 
