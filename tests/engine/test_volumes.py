@@ -17,8 +17,9 @@ from medpeft.cli import app
 from medpeft.config import parse_config
 from medpeft.data.io import DataError
 from medpeft.data.volume_io import read_msd, read_volume, to_uint8, write_label_volume
+from medpeft.data.volumes import from_display, to_display
 from medpeft.engine.build import build_model
-from medpeft.engine.volumes import box_on_slice, case_scores, from_display, segment_volume, to_display
+from medpeft.engine.volumes import box_on_slice, case_scores, segment_volume
 
 
 def test_nifti_round_trip_keeps_affine_and_labels(tmp_path: Path) -> None:

@@ -118,9 +118,14 @@ def scale_percentile(volume: np.ndarray, low: float = 0.5, high: float = 99.5) -
     return np.clip(np.round((v - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
-def _display(slice2d: np.ndarray) -> np.ndarray:
+def to_display(slice2d: np.ndarray) -> np.ndarray:
     """RAS (first axis x, second y) slice -> image rows anterior-first, columns patient-right-first."""
     return np.ascontiguousarray(slice2d[::-1, ::-1].T)
+
+
+def from_display(image: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_display` on the last two axes."""
+    return np.ascontiguousarray(np.swapaxes(image, -1, -2)[..., ::-1, ::-1])
 
 
 def export_slices(
@@ -193,8 +198,8 @@ def export_slices(
     for k, lab in chosen:
         name = f"{stem}_{'xyz'[axis]}{k:03d}"
         img_path = out_dir / "images" / f"{name}.png"
-        Image.fromarray(_display(np.take(pixels, k, axis=axis))).save(img_path, optimize=True)
-        Image.fromarray(_display(lab).astype(mask_dtype)).save(
+        Image.fromarray(to_display(np.take(pixels, k, axis=axis))).save(img_path, optimize=True)
+        Image.fromarray(to_display(lab).astype(mask_dtype)).save(
             out_dir / "masks" / f"{name}.png", optimize=True
         )
         spacing_table[name] = list(row_col)

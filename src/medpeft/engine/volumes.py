@@ -17,6 +17,7 @@ from torch import nn
 
 from medpeft.data.transforms import model_input, undo_resize
 from medpeft.data.volume_io import Volume, read_volume, to_uint8
+from medpeft.data.volumes import from_display, to_display
 from medpeft.metrics import assd_per_class, dice_per_class, hd95_per_class, iou_per_class, summarize
 from medpeft.models.prompts import Prompts
 from medpeft.tasks.segmentation_predict import image_prompts
@@ -37,16 +38,6 @@ def rotate_volume(array: np.ndarray, angles: tuple[float, float, float], label: 
     )
     out = np.asarray(rotate(torch.as_tensor(np.asarray(array, np.float32))[None])[0])
     return np.round(out).astype(array.dtype) if label else out.astype(np.float32)
-
-
-def to_display(slice2d: np.ndarray) -> np.ndarray:
-    """RAS slice (first in-plane axis, second in-plane axis) -> image rows and columns (as training slices)."""
-    return np.ascontiguousarray(slice2d[::-1, ::-1].T)
-
-
-def from_display(image: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`to_display` on the last two axes."""
-    return np.ascontiguousarray(np.swapaxes(image, -1, -2)[..., ::-1, ::-1])
 
 
 def box_on_slice(box3d: list[float], axis: int, k: int, shape: tuple[int, ...]) -> list[float] | None:
