@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .io import DataError
+from .labels import parse_labels_json
 
 # CT (level, width) presets in HU
 CT_WINDOWS: dict[str, tuple[float, float]] = {
@@ -206,19 +207,7 @@ def read_msd(root: Path) -> tuple[list[tuple[Path, Path | None]], dict[int, str]
         ) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{meta}: not valid JSON ({e})") from None
-    raw_labels = data.get("labels") or {}
-    try:
-        if all(str(k).lstrip("-").isdigit() for k in raw_labels):
-            table = {int(k): str(v) for k, v in raw_labels.items()}
-        else:  # nnU-Net v2: name -> value
-            table = {int(v): str(k) for k, v in raw_labels.items()}
-    except (TypeError, ValueError):
-        raise DataError(
-            f"{meta}: 'labels' must map values to names (MSD) or names to values (nnU-Net v2)"
-        ) from None
-    table.pop(0, None)
-    if not table:
-        raise DataError(f"{meta}: 'labels' names no foreground label")
+    table = parse_labels_json(meta)  # MSD value -> name or nnU-Net v2 name -> value, under "labels"
     modalities = {
         str(k): str(v) for k, v in (data.get("modality") or data.get("channel_names") or {}).items()
     }
@@ -268,8 +257,6 @@ def read_volume_dataset(
             cases.append((image, label))
         table = {1: "foreground"}
         if label_table is not None:
-            from .labels import parse_labels_json
-
             table = {int(k): v for k, v in parse_labels_json(Path(label_table)).items()}
         return cases, table
     if (root / "dataset.json").is_file():
@@ -282,8 +269,6 @@ def read_volume_dataset(
         cases = [(p, labels_dir / p.name if (labels_dir / p.name).is_file() else None) for p in images]
         table = {1: "foreground"}
         if (root / "labels.json").is_file():
-            from .labels import parse_labels_json
-
             table = {int(k): v for k, v in parse_labels_json(root / "labels.json").items()}
     else:
         raise DataError(f"{root}: not a volume dataset (dataset.json, or images/ + labels/ of NIfTI files)")
