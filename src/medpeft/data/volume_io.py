@@ -257,7 +257,7 @@ def read_volume_dataset(
             cases.append((image, label))
         table = {1: "foreground"}
         if label_table is not None:
-            table = {int(k): v for k, v in parse_labels_json(Path(label_table)).items()}
+            table = parse_labels_json(Path(label_table))
         return cases, table
     if (root / "dataset.json").is_file():
         cases, table, _ = read_msd(root)
@@ -269,7 +269,7 @@ def read_volume_dataset(
         cases = [(p, labels_dir / p.name if (labels_dir / p.name).is_file() else None) for p in images]
         table = {1: "foreground"}
         if (root / "labels.json").is_file():
-            table = {int(k): v for k, v in parse_labels_json(root / "labels.json").items()}
+            table = parse_labels_json(root / "labels.json")
     else:
         raise DataError(f"{root}: not a volume dataset (dataset.json, or images/ + labels/ of NIfTI files)")
     if split is not None:
