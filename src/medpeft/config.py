@@ -153,6 +153,10 @@ class DataConfig(_Strict):
     spacing: tuple[float, float] | None = None  # pixel size in mm, for ASSD/HD95 in physical units
     sources: list[SourceConfig] | None = None  # a collection of datasets in place of ``root``
     classes_per_image: int | None = Field(None, ge=1)  # train on this many sampled labels per image
+    # volumes (3D models): intensity map (CT window preset, (level, width), "zscore"; None: 0.5-99.5
+    # percentiles) and the share of training items that are full-resolution crops (SegVol's zoom-in view)
+    window: str | tuple[float, float] | None = None
+    zoom_in: float = Field(0.5, ge=0.0, le=1.0)
 
     @field_validator("split")
     @classmethod
@@ -175,13 +179,17 @@ class DataConfig(_Strict):
         return self
 
 
+# auto: the class (label-name) token alone; 3D models also take text combinations (text = auto)
+PromptMode = Literal["box", "point", "box+point", "auto", "text", "text+box", "text+point", "text+box+point"]
+
+
 class PromptConfig(_Strict):
     """How prompts are sampled in training and derived at evaluation."""
 
-    train_modes: dict[Literal["box", "point", "box+point", "auto"], float] = Field(
+    train_modes: dict[PromptMode, float] = Field(
         default_factory=lambda: {"box": 0.5, "point": 0.25, "auto": 0.25}
     )
-    eval_mode: Literal["box", "point", "box+point", "auto"] = "box"
+    eval_mode: PromptMode = "box"
     box_jitter: float = Field(0.1, ge=0.0)
     n_pos_points: int = Field(1, ge=0)
     n_neg_points: int = Field(0, ge=0)

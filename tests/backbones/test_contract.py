@@ -22,6 +22,7 @@ BACKBONES = {
     "sam": ("sam-tiny", 64),
     "sam2": ("sam2-tiny", 64),
     "depth_anything": ("depth-anything-tiny", 56),
+    "segvol": ("segvol-tiny", 32),
 }
 LABELS = ["a", "b"]
 METHODS: dict[str, list[dict]] = {
@@ -58,8 +59,17 @@ def _inputs(size: int) -> tuple[torch.Tensor, Prompts]:
     return images, Prompts(boxes=boxes.expand(2, -1, -1).clone())
 
 
+def _volume_inputs(size: int) -> tuple[torch.Tensor, Prompts]:
+    gen = torch.Generator().manual_seed(0)
+    volumes = torch.randn(2, 1, 8, size, size, generator=gen)
+    boxes = torch.tensor(
+        [[1.0, 4.0, 4.0, 4.0, size / 2, size / 2], [2.0, 8.0, 8.0, 7.0, size - 4.0, size - 4.0]]
+    )
+    return volumes, Prompts(boxes=boxes.expand(2, -1, -1).clone(), text=False)
+
+
 def _forward(model: nn.Module, backbone: str, size: int) -> torch.Tensor:
-    images, prompts = _inputs(size)
+    images, prompts = _volume_inputs(size) if backbone == "segvol" else _inputs(size)
     return model(images) if get_backbone(backbone).task == "depth" else model(images, prompts)
 
 

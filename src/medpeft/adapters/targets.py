@@ -14,7 +14,8 @@ from torch import nn
 
 # qkv/q/v/attn_out/attn/mlp/all: encoder linear layers; blocks: the block prefix with the block index
 # as group 1, in forward order; pos_embed: parameter names; encoder_norms: LayerNorm modules of the
-# encoder; encoder/decoder/prompt_encoder: module prefixes; neck: the encoder's output convolutions.
+# encoder; encoder/decoder/prompt_encoder: module prefixes; neck: the encoder's output convolutions;
+# patch_embed: the patch projection (a 3D encoder's Conv3d).
 SYMBOLIC: tuple[str, ...] = (
     "qkv",
     "q",
@@ -26,6 +27,7 @@ SYMBOLIC: tuple[str, ...] = (
     "all",
     "blocks",
     "pos_embed",
+    "patch_embed",
     "encoder_norms",
     "encoder",
     "decoder",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -46,6 +47,11 @@ class Backbone:
     normalize: str = "sam"
     prompt_dim: Callable[[nn.Module], int] | None = None
     other_tasks: tuple[str, ...] = ()  # further tasks a config may name (``task``) for this family
+    # keyword options of the label-name text model (``TextEncoder``) for this base, e.g. SegVol's
+    # unprojected CLIP state and a released checkpoint's own CLIP weights
+    text_options: Callable[[nn.Module], dict[str, Any]] | None = None
+    # volume models: the input shape (D, H, W) of ``model.base`` at ``model.image_size``, without loading it
+    input_shape: Callable[[str, int], tuple[int, int, int]] | None = None
 
 
 _BACKBONES: dict[str, Backbone] = {}

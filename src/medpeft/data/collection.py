@@ -61,7 +61,7 @@ def volume_groups(source: SourceConfig) -> dict[str, list[int]]:
     return groups
 
 
-def _volume_pairs(source: SourceConfig) -> list[tuple[Path, Path]]:
+def volume_pairs(source: SourceConfig) -> list[tuple[Path, Path]]:
     if source.dataset is not None:
         from .volume_io import read_volume_dataset
 
@@ -149,7 +149,7 @@ def read_source(source: SourceConfig) -> tuple[list[ImageRecord], list[str]]:
     else:
         groups = volume_groups(source)
         records = []
-        for vol, lab in _volume_pairs(source):
+        for vol, lab in volume_pairs(source):
             folder = slice_volume(source, vol, lab, groups)
             recs, _ = read_folder_dataset(folder, check_sizes=False)
             records += recs

@@ -2,7 +2,8 @@
 
 Coordinates are pixels (x = column, y = row); a box is (x1, y1, x2, y2) with x2/y2 the last
 foreground column/row (inclusive), as in MedSAM and SAM-Med2D. An empty mask gives a zero box
-flagged invalid and points labelled -1 (SAM's "not a point").
+flagged invalid and points labelled -1 (SAM's "not a point"). A 3D mask ``[D, H, W]`` gives voxels in
+array order, as the volume models take them: boxes (z0, y0, x0, z1, y1, x1), points (z, y, x).
 """
 
 from __future__ import annotations
@@ -18,20 +19,24 @@ class MaskPrompt:
     """The prompts derived from one mask, as arrays; the dataset stacks them into the batch fields that
     :class:`medpeft.models.prompts.Prompts` (the model's per-batch, per-class prompts) is read from."""
 
-    box: np.ndarray  # float32 [4]
+    box: np.ndarray  # float32 [4] (3D: [6])
     box_valid: bool
-    points: np.ndarray  # float32 [N, 2] as (x, y)
+    points: np.ndarray  # float32 [N, 2] as (x, y) (3D: [N, 3] as (z, y, x))
     point_labels: np.ndarray  # int64 [N]: 1 positive, 0 negative, -1 not a point
 
 
+def _order(coords: np.ndarray) -> np.ndarray:
+    """Array-order coordinates ``[..., ndim]`` in the prompt convention: (x, y) in 2D, as they are in 3D."""
+    return coords[..., ::-1] if coords.shape[-1] == 2 else coords
+
+
 def mask_to_box(mask: np.ndarray) -> np.ndarray:
-    """Tight box float32 [4] (x1, y1, x2, y2) around the mask; zeros for an empty mask."""
-    rows, cols = np.any(mask, axis=1), np.any(mask, axis=0)
-    if not rows.any():
-        return np.zeros(4, np.float32)
-    y1, y2 = np.flatnonzero(rows)[[0, -1]]
-    x1, x2 = np.flatnonzero(cols)[[0, -1]]
-    return np.array([x1, y1, x2, y2], np.float32)
+    """Tight box float32 (x1, y1, x2, y2) around a 2D mask, (z0, y0, x0, z1, y1, x1) around a 3D one;
+    zeros for an empty mask."""
+    idx = np.argwhere(mask)
+    if not len(idx):
+        return np.zeros(2 * np.ndim(mask), np.float32)
+    return np.concatenate([_order(idx.min(0)), _order(idx.max(0))]).astype(np.float32)
 
 
 def tight_box(mask: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -54,28 +59,25 @@ def jitter_box(
 ) -> np.ndarray:
     """Move each side independently by up to min(frac * box side, px) pixels, clipped to the image.
 
-    ``image_size`` is (H, W) or S for S x S; the result keeps x1 <= x2 and y1 <= y2.
+    ``image_size`` is (H, W) or S for S x S (a 3D box: (D, H, W)); the result keeps start <= end.
     """
     box = np.asarray(box, np.float32)
-    w, h = float(box[2] - box[0]), float(box[3] - box[1])
-    limits = np.array([w, h, w, h], np.float32) * max_shift_frac
-    limits = np.minimum(limits, max_shift_px)
-    out = box + rng.uniform(-1.0, 1.0, 4).astype(np.float32) * limits
-    out = np.round(out)
+    n = len(box) // 2
+    sides = box[n:] - box[:n]
+    limits = np.minimum(np.concatenate([sides, sides]) * max_shift_frac, max_shift_px)
+    out = np.round(box + rng.uniform(-1.0, 1.0, 2 * n).astype(np.float32) * limits)
     if image_size is not None:
-        ih, iw = _hw(image_size)
-        out[[0, 2]] = np.clip(out[[0, 2]], 0, iw - 1)
-        out[[1, 3]] = np.clip(out[[1, 3]], 0, ih - 1)
-    x1, x2 = sorted((out[0], out[2]))
-    y1, y2 = sorted((out[1], out[3]))
-    return np.array([x1, y1, x2, y2], np.float32)
+        shape = _hw(image_size) if n == 2 else tuple(int(s) for s in image_size)
+        upper = np.array(_order(np.array(shape)), np.float32) - 1
+        out = np.clip(out, 0, np.concatenate([upper, upper]))
+    return np.concatenate([np.minimum(out[:n], out[n:]), np.maximum(out[:n], out[n:])]).astype(np.float32)
 
 
 def _pick(coords: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     if n == 0 or len(coords) == 0:
-        return np.zeros((0, 2), np.float32)
+        return np.zeros((0, coords.shape[1]), np.float32)
     idx = rng.choice(len(coords), size=n, replace=len(coords) < n)
-    return coords[idx, ::-1].astype(np.float32)  # (row, col) -> (x, y)
+    return _order(coords[idx]).astype(np.float32)  # (row, col) -> (x, y); 3D stays (z, y, x)
 
 
 def sample_points(
@@ -87,12 +89,12 @@ def sample_points(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Uniform positive points inside and negative points outside the mask (within ``region``).
 
-    Returns points float32 [n_pos + n_neg, 2] as (x, y) and labels int64 (1 / 0). Points that
-    cannot be drawn (empty mask, or no background) are (0, 0) with label -1.
+    Returns points float32 [n_pos + n_neg, 2] as (x, y) (3D: [.., 3] as (z, y, x)) and labels int64
+    (1 / 0). Points that cannot be drawn (empty mask, or no background) are zeros with label -1.
     """
     mask = np.asarray(mask, bool)
     n = n_pos + n_neg
-    points = np.zeros((n, 2), np.float32)
+    points = np.zeros((n, mask.ndim), np.float32)
     labels = np.full(n, -1, np.int64)
     if not mask.any():
         return points, labels
@@ -107,14 +109,15 @@ def sample_points(
 
 
 def center_point(mask: np.ndarray) -> np.ndarray:
-    """float32 (x, y) of the foreground pixel farthest from the boundary (ties: the most central); (0, 0) if empty."""
+    """float32 (x, y) (3D: (z, y, x)) of the foreground pixel farthest from the boundary (ties: the most
+    central); zeros if empty."""
     mask = np.asarray(mask, bool)
     if not mask.any():
-        return np.zeros(2, np.float32)
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        return np.zeros(mask.ndim, np.float32)
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[(slice(1, -1),) * mask.ndim]
     ties = np.argwhere(dist == dist.max())  # e.g. a whole ridge for a rectangle: take its middle
-    y, x = ties[int(np.argmin(((ties - ties.mean(axis=0)) ** 2).sum(axis=1)))]
-    return np.array([x, y], np.float32)
+    best = ties[int(np.argmin(((ties - ties.mean(axis=0)) ** 2).sum(axis=1)))]
+    return _order(best).astype(np.float32)
 
 
 def train_prompts(

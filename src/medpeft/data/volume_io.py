@@ -9,6 +9,7 @@ resampling (``Spacing``) and the intensity maps; writing uses nibabel with the i
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0),
 }
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
+# MONAI's GPU DICOM decoder announces its absence on every read; the CPU decoder is the one used here
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
 @dataclass

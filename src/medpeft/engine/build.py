@@ -16,9 +16,12 @@ from medpeft.config import Config, ConfigError, method_configs
 from medpeft.engine.record import AdapterRecord
 
 
-def configured_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn.Module | None:
+def configured_class_prompt(
+    cfg: Config, label_names: list[str], dim: int, options: dict[str, Any] | None = None
+) -> nn.Module | None:
     """``model.class_prompt`` read: none, or :func:`medpeft.models.text.build_class_prompt` with the
-    configured text encoder (label-name prompts) or without (learned tokens)."""
+    configured text encoder (label-name prompts; ``options``: the backbone's ``TextEncoder`` options) or
+    without (learned tokens)."""
     from medpeft.models.text import TextEncoder, build_class_prompt
 
     if cfg.model.class_prompt == "none":
@@ -29,7 +32,7 @@ def configured_class_prompt(cfg: Config, label_names: list[str], dim: int) -> nn
             raise ConfigError(
                 "model.class_prompt is 'text' but model.text_encoder is not set (a CLIP hub id or local dir)"
             )
-        encoder = TextEncoder(cfg.model.text_encoder, template=cfg.model.text_template)
+        encoder = TextEncoder(cfg.model.text_encoder, template=cfg.model.text_template, **(options or {}))
     return build_class_prompt(label_names, dim, encoder)
 
 
@@ -61,7 +64,8 @@ def build_model(
     torch.manual_seed(cfg.train.seed + 1)
     class_prompt = None
     if backbone.prompt_dim is not None:
-        class_prompt = configured_class_prompt(cfg, label_names, backbone.prompt_dim(base))
+        options = backbone.text_options(base) if backbone.text_options is not None else None
+        class_prompt = configured_class_prompt(cfg, label_names, backbone.prompt_dim(base), options)
     model = backbone.wrap(base, label_names, class_prompt)
     if cfg.task == "selfsup_depth":
         model = selfsup_depth(model, cfg)

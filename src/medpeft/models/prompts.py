@@ -12,7 +12,9 @@ class Prompts:
     """Prompts for a batch of images, one prompt set per class.
 
     All coordinates are pixels in the model's input frame (``image_size x image_size``).
-    Every field is optional; ``class_ids`` alone is the automatic (prompt-free) mode.
+    Every field is optional; ``class_ids`` alone is the automatic (prompt-free) mode. For volumes
+    (3D segmenters) boxes are ``[B, C, 6]`` as (z0, y0, x0, z1, y1, x1) and points ``[B, C, N, 3]`` as
+    (z, y, x), voxels of the model input; the class token is used only when ``text``.
     """
 
     boxes: torch.Tensor | None = None  # [B, C, 4] as (x1, y1, x2, y2)
@@ -20,10 +22,12 @@ class Prompts:
     points: torch.Tensor | None = None  # [B, C, N, 2] as (x, y)
     point_labels: torch.Tensor | None = None  # [B, C, N]: 1 positive, 0 negative, -1 not a point
     class_ids: torch.Tensor | None = None  # [B, C] label indices
+    text: bool = True  # whether the class (label-name) token is a prompt; 2D segmenters always use it
 
     def to(self, device: torch.device | str) -> Prompts:
         """Move every tensor to ``device``."""
-        return Prompts(**{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+        moved = {f.name: _move(getattr(self, f.name), device) for f in fields(self) if f.name != "text"}
+        return Prompts(**moved, text=self.text)
 
     def num_classes(self) -> int | None:
         """C as implied by whichever field is set."""
@@ -34,9 +38,13 @@ class Prompts:
 
     @classmethod
     def from_batch(cls, batch: dict, mode: str) -> Prompts:
-        """Select the prompts of one mode (``box``, ``point``, ``box+point`` or ``auto``) from a data batch."""
-        if mode not in PROMPT_MODES:
-            raise ValueError(f"unknown prompt mode {mode!r}; expected one of {PROMPT_MODES}")
+        """Select the prompts of one mode from a data batch: ``box``, ``point``, ``box+point``, ``auto`` (the
+        class token alone), or for volumes also ``text`` (= auto) and ``text+box``, ``text+point``,
+        ``text+box+point`` (text with others; without ``text`` a 3D model gets no class token)."""
+        if mode not in PROMPT_MODES + VOLUME_PROMPT_MODES:
+            raise ValueError(
+                f"unknown prompt mode {mode!r}; expected one of {PROMPT_MODES + VOLUME_PROMPT_MODES}"
+            )
         use_box = "box" in mode
         use_point = "point" in mode
         return cls(
@@ -45,10 +53,12 @@ class Prompts:
             points=batch["points"] if use_point else None,
             point_labels=batch["point_labels"] if use_point else None,
             class_ids=batch["class_ids"],
+            text=mode == "auto" or "text" in mode,
         )
 
 
 PROMPT_MODES = ("box", "point", "box+point", "auto")
+VOLUME_PROMPT_MODES = ("text", "text+box", "text+point", "text+box+point")
 
 
 def _move(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:

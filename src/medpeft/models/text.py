@@ -5,7 +5,7 @@ The segmenter appends the ``[B, C, 1, dim]`` tokens to SAM's sparse prompt token
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +15,8 @@ class TextEncoder:
     """Frozen CLIP text model + tokenizer (hub id or local dir); deliberately not an ``nn.Module``.
 
     ``encode`` returns the projected ``text_embeds`` (``projection=True``, CLIP's joint space) or the
-    pooled EOS state. ``template`` is formatted with the name, underscores replaced by spaces.
+    pooled EOS state. ``template`` is formatted with the name, underscores replaced by spaces. ``weights``
+    (CLIPTextModel keys) replace the loaded ones: the folder then gives the tokenizer and config.
     """
 
     def __init__(
@@ -24,6 +25,7 @@ class TextEncoder:
         template: str = "{}",
         projection: bool = True,
         device: str | torch.device = "cpu",
+        weights: Mapping[str, Tensor] | None = None,
     ) -> None:
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -37,6 +39,14 @@ class TextEncoder:
         except (OSError, ValueError) as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise RuntimeError(f"cannot load CLIP text model {name_or_path!r}: {reason}") from None
+        if weights is not None:  # e.g. a released SegVol checkpoint's own CLIP text tower
+            try:
+                model.load_state_dict(dict(weights), strict=True)
+            except RuntimeError as err:
+                raise RuntimeError(
+                    f"CLIP text weights do not fit {name_or_path!r}: {str(err).splitlines()[1]}"
+                ) from None
+            info = {}
         if info.get("missing_keys"):
             missing = sorted(info["missing_keys"])
             raise RuntimeError(

@@ -70,7 +70,7 @@ class Task:
         return f"validation {self.metric} {score:.4f}"
 
 
-TASK_NAMES: tuple[str, ...] = ("segmentation", "depth", "selfsup_depth")
+TASK_NAMES: tuple[str, ...] = ("segmentation", "depth", "selfsup_depth", "volume_segmentation")
 _TASKS: dict[str, type[Task]] = {}
 
 
@@ -82,7 +82,7 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 def make_task(cfg: Any) -> Task:
     """The task the config names (its ``task`` is resolved from the backbone when not set)."""
-    from medpeft.tasks import depth, segmentation, selfsup_depth  # noqa: F401 - registration
+    from medpeft.tasks import depth, segmentation, selfsup_depth, volume_segmentation  # noqa: F401 - registration
 
     return _TASKS[cfg.task](cfg)
 

@@ -96,7 +96,19 @@ def is_segment_anything_format(sd: Mapping[str, Any]) -> bool:
     return any(k.removeprefix("module.").startswith("image_encoder.") for k in sd)
 
 
-def _mlp_depths(keys: list[str]) -> dict[str, int]:
+def rename_key(key: str, depths: dict[str, int]) -> str | None:
+    """The `SamModel` name of one original segment-anything key (None: not a SAM key). SegVol's mask
+    decoder uses the same names, so its converter maps them here too; ``depths``: :func:`mlp_depths`."""
+    if m := re.fullmatch(_MLP_HEAD, key):
+        return _mlp_key(m, depths)
+    for pattern, target in _RULES:
+        if m := pattern.fullmatch(key):
+            return m.expand(target) if isinstance(target, str) else target(m)
+    return None
+
+
+def mlp_depths(keys: list[str]) -> dict[str, int]:
+    """Layers per original ``MLP`` head (hypernetworks, IoU head), to name its first and last layer."""
     depths: dict[str, int] = {}
     for key in keys:
         if m := re.fullmatch(_MLP_HEAD, key):
@@ -118,21 +130,16 @@ def convert_segment_anything_state_dict(sd: Mapping[str, Any]) -> dict[str, torc
     raise ValueError instead of being dropped silently.
     """
     sd = unwrap_checkpoint(sd)
-    depths = _mlp_depths(list(sd))
+    depths = mlp_depths(list(sd))
     out: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     for key, value in sd.items():
         if key in _DROPPED:
             continue
-        if m := re.fullmatch(_MLP_HEAD, key):
-            out[_mlp_key(m, depths)] = value
-            continue
-        for pattern, target in _RULES:
-            if m := pattern.fullmatch(key):
-                out[m.expand(target) if isinstance(target, str) else target(m)] = value
-                break
-        else:
+        if (renamed := rename_key(key, depths)) is None:
             unknown.append(key)
+        else:
+            out[renamed] = value
     if unknown:
         raise ValueError(f"unrecognised segment-anything keys ({len(unknown)}): {', '.join(unknown[:5])}")
     if TIED_KEYS[1] in out:

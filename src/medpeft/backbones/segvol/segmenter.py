@@ -1,0 +1,115 @@
+"""SegVol as a multi-class promptable 3D segmenter: volumes + prompts -> logits [B, C, D, H, W]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medpeft.models.prompts import Prompts
+
+from .model import SegVolModel
+
+_BLOCK = r"image_encoder\.blocks\.\d+\."
+# peft-style target table over SegVolModel names (MONAI ViT: fused qkv, out_proj, mlp.linear1/2).
+SEGVOL_TARGETS: dict[str, str] = {
+    "qkv": _BLOCK + r"attn\.qkv",
+    "attn_out": _BLOCK + r"attn\.out_proj",
+    "attn": _BLOCK + r"attn\.(qkv|out_proj)",
+    "mlp": _BLOCK + r"mlp\.linear[12]",
+    "all": _BLOCK + r"(attn\.(qkv|out_proj)|mlp\.linear[12])",
+    "blocks": r"image_encoder\.blocks\.(\d+)\..*",
+    "pos_embed": r"image_encoder\.patch_embedding\.position_embeddings",
+    "patch_embed": r"image_encoder\.patch_embedding\.patch_embeddings",
+    "encoder_norms": r"image_encoder\..*",
+    "encoder": r"image_encoder(\..*)?",
+    "decoder": r"mask_decoder",
+    "prompt_encoder": r"prompt_encoder",
+}
+
+
+class SegVolSegmenter(nn.Module):
+    """Wraps :class:`SegVolModel`; each class is decoded as its own row (image x class).
+
+    Sparse tokens per class: points, box corners, then the class token (the label name through the
+    frozen CLIP text model and a trainable projection, or a learned token) when ``prompts.text``; the
+    class token also drives the decoder's text-similarity map. A class without a box (``box_valid``
+    False) gets "not a point" corners, so one batch keeps one token layout.
+    """
+
+    target_table = SEGVOL_TARGETS
+    backbone_name = "segvol"
+    spatial_dims = 3
+
+    def __init__(self, base: SegVolModel, label_names: list[str], class_prompt: nn.Module | None = None):
+        super().__init__()
+        self.segvol = base
+        self.label_names = list(label_names)
+        self.class_prompt = class_prompt
+
+    @property
+    def roi(self) -> tuple[int, int, int]:
+        """The model input size (D, H, W)."""
+        return self.segvol.config.roi
+
+    @property
+    def image_size(self) -> int:
+        return int(self.roi[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def sparse_tokens(self, prompts: Prompts, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompt tokens ``[B, C, T, w]`` and text tokens ``[B, C, w]`` (None without text)."""
+        pe = self.segvol.prompt_encoder
+        classes = prompts.num_classes() or self.num_classes
+        class_ids = prompts.class_ids
+        if class_ids is None:
+            class_ids = torch.arange(classes, device=self.device).expand(batch, -1)
+        tokens: list[torch.Tensor] = []
+        if prompts.points is not None:
+            labels = prompts.point_labels
+            if labels is None:
+                labels = torch.ones(prompts.points.shape[:-1], dtype=torch.long, device=prompts.points.device)
+            tokens.append(pe.embed_points(prompts.points.float(), labels, pad=prompts.boxes is None))
+        if prompts.boxes is not None:
+            corners = pe.embed_boxes(prompts.boxes.float())
+            if prompts.box_valid is not None:
+                absent = ~prompts.box_valid.bool()[..., None, None]
+                corners = torch.where(absent, pe.not_a_point_embed.weight, corners)
+            tokens.append(corners)
+        text = None
+        if prompts.text and self.class_prompt is not None:
+            text = self.class_prompt(class_ids)[:, :, 0]  # [B, C, w]
+            tokens.append(text[:, :, None])
+        if not tokens:
+            raise ValueError(
+                "no prompt: give boxes or points, or text (label names) with a class prompt configured"
+            )
+        return torch.cat(tokens, 2), text
+
+    def forward(self, volumes: torch.Tensor, prompts: Prompts | None = None) -> torch.Tensor:
+        """Segment ``volumes`` ``[B, C_in, *roi]``; per-class logits ``[B, C, *roi]``."""
+        return self.segment(self.segvol.embed(volumes), prompts, tuple(volumes.shape[2:]))
+
+    def segment(
+        self, embedding: torch.Tensor, prompts: Prompts | None, size: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Decode an image embedding ``[B, w, *grid]`` under ``prompts`` to logits at ``size``."""
+        prompts = prompts or Prompts()
+        b = embedding.shape[0]
+        sparse, text = self.sparse_tokens(prompts, b)
+        c = sparse.shape[1]
+        pe = self.segvol.prompt_encoder
+        image = embedding.repeat_interleave(c, 0)
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1, 1)
+        image_pe = pe.pe_layer.grid(tuple(embedding.shape[2:]))[None]
+        rows = text.reshape(b * c, -1) if text is not None else None
+        low = self.segvol.mask_decoder(image, image_pe, sparse.flatten(0, 1), dense, rows)
+        low = low.reshape(b, c, *low.shape[1:])
+        return F.interpolate(low, size=tuple(size), mode="trilinear", align_corners=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.segvol.prompt_encoder.no_mask_embed.weight.device
