@@ -25,6 +25,12 @@ LabelMapOpt = Annotated[
     str | None, typer.Option(help="Subject folders: label map pattern, e.g. '{dir}/OTMultiClass.nii.gz'")
 ]
 LabelTableOpt = Annotated[Path | None, typer.Option(help="Subject folders: labels.json (value -> name)")]
+InferenceOpt = Annotated[
+    str,
+    typer.Option(
+        help="3D models on volumes: zoom (zoom-out-zoom-in), sliding (full-resolution window) or resize"
+    ),
+]
 DEPTH_TASKS = ("depth", "selfsup_depth")  # tasks whose output is a depth map
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a config key, e.g. train.lr=3e-4")
@@ -114,7 +120,11 @@ def evaluate(
         str | None, typer.Option(help="train, val, test or all (default: test; all with --data)")
     ] = None,
     prompt: Annotated[
-        str | None, typer.Option(help="box, point, box+point or auto (default: config)")
+        str | None,
+        typer.Option(
+            help="box, point, box+point or auto (default: config); a 3D model on --volumes: text, box, point, "
+            "text+box, text+point, ... or several to compare, comma-separated (default: text)"
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default: <run>/eval-<split>-<prompt>)")
@@ -145,6 +155,7 @@ def evaluate(
     image_glob: ImageGlobOpt = None,
     label_map: LabelMapOpt = None,
     label_table: LabelTableOpt = None,
+    inference: InferenceOpt = "zoom",
 ) -> None:
     """Score a checkpoint: per-image CSV, summary JSON, table and overlays (or per-case 3D scores with
     ``--volumes``)."""
@@ -153,13 +164,19 @@ def evaluate(
     from medpeft.config import EvalConfig
     from medpeft.data.splits import SPLITS
     from medpeft.engine.restore import load_trained
-    from medpeft.models.prompts import PROMPT_MODES
+    from medpeft.engine.volume3d import INFERENCE
+    from medpeft.models.prompts import PROMPT_MODES, VOLUME_PROMPT_MODES
     from medpeft.tasks.segmentation import build_dataset, build_splits
     from medpeft.tasks.segmentation_eval import evaluate as run_eval
     from medpeft.tasks.segmentation_eval import format_table
 
     _choice("--split", split, (*SPLITS, "all"))
-    _choice("--prompt", prompt, PROMPT_MODES)
+    _choice("--inference", inference, INFERENCE)
+    modes = None if prompt is None else [m.strip() for m in prompt.split(",")]
+    for mode in modes or []:
+        _choice("--prompt", mode, PROMPT_MODES + (VOLUME_PROMPT_MODES if volumes is not None else ()))
+    if modes is not None and len(modes) > 1 and volumes is None:
+        _fail(f"--prompt {prompt}: several prompt modes are compared on --volumes (a 3D model) only")
     _choice("--empty-score", empty_score, typing.get_args(EvalConfig.model_fields["empty_score"].annotation))
     volume_split = None if split in (None, "all") else split  # a volume dataset's <split>.list
     split = split or ("all" if data else "test")
@@ -177,7 +194,11 @@ def evaluate(
                 out,
                 _rotation(rotate, angles),
                 {"image_glob": image_glob, "label_map": label_map, "label_table": label_table},
+                inference,
+                modes,
             )
+        if cfg.task == "volume_segmentation":
+            _fail(f"{checkpoint} is a 3D model: score it on volumes with --volumes DATASET")
         if cfg.task != "segmentation" and rotate:
             _fail("--rotate scores segmentation models")
         if cfg.task in DEPTH_TASKS:
@@ -228,13 +249,18 @@ def _evaluate_volumes(
     out: Path | None,
     rotation: tuple[float, float, float] | None = None,
     layout: dict | None = None,
+    inference: str = "zoom",
+    modes: list[str] | None = None,
 ) -> None:
-    """``medpeft evaluate --volumes``: a 2D segmenter slice by slice on every case, scored in 3D (mm)."""
+    """``medpeft evaluate --volumes``: a 2D segmenter slice by slice, or a 3D model by ``inference`` under
+    each prompt mode, on every case, scored in 3D (mm)."""
     from medpeft.data.volume_io import read_volume_dataset
     from medpeft.engine.volumes import evaluate_volumes, format_volume_table
 
-    if cfg.task != "segmentation":
+    if cfg.task not in ("segmentation", "volume_segmentation"):
         _fail(f"--volumes scores segmentation models; {checkpoint} is a {cfg.task} checkpoint")
+    if cfg.task == "segmentation" and modes is not None:
+        _fail(f"--prompt {','.join(modes)}: a 2D model is scored on volumes in automatic mode")
     cases, table = read_volume_dataset(root, split, **(layout or {}))
     out = out or Path(cfg.train.output_dir) / f"eval-volumes-{root.name}"
     summary = evaluate_volumes(
@@ -248,6 +274,8 @@ def _evaluate_volumes(
         cfg.data.normalize,
         cfg.eval.threshold,
         rotation=rotation,
+        inference=inference,
+        prompt_modes=modes,
     )
     typer.echo(format_volume_table(summary))
     typer.echo(f"wrote {out}/per_case.csv, summary.json and pictures/")
@@ -338,21 +366,23 @@ def _predict_volumes(
     axis: int,
     window: str | None,
     prompts: Path | None = None,
+    inference: str = "zoom",
 ) -> None:
-    """``medpeft predict`` on NIfTI volumes: slice-wise 2D segmentation, NIfTI label maps on the inputs' grids."""
+    """``medpeft predict`` on NIfTI volumes (a 2D model slice by slice, a 3D model by ``inference``): NIfTI
+    label maps on the inputs' grids."""
     from medpeft.data.volume_io import read_volume_prompts
     from medpeft.engine.checkpoint import atomic_write_json
     from medpeft.engine.predict import OUTPUT_FORMAT, check_output_dir, clear_output
     from medpeft.engine.volumes import predict_volume_file
 
-    if cfg.task != "segmentation":
+    if cfg.task not in ("segmentation", "volume_segmentation"):
         _fail(f"volume inputs need a segmentation model; this is a {cfg.task} checkpoint")
     boxes = read_volume_prompts(prompts, volumes, list(model.label_names)) if prompts is not None else {}
     clear_output(check_output_dir(out, overwrite, volumes))
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "format": OUTPUT_FORMAT,
-        "task": "segmentation",
+        "task": cfg.task,
         "labels": list(model.label_names),
         "volumes": [],
         "complete": False,
@@ -370,6 +400,7 @@ def _predict_volumes(
                 cfg.data.resize,
                 cfg.data.normalize,
                 cfg.eval.threshold,
+                inference,
             )
         )
         typer.echo(f"{path.name}: {report['volumes'][-1]['voxels']}")
@@ -423,6 +454,7 @@ def predict(
     window: Annotated[
         str | None, typer.Option(help="CT window preset for volume inputs; default: percentiles")
     ] = None,
+    inference: InferenceOpt = "zoom",
 ) -> None:
     """Segment new images (PNG label maps and overlays) or estimate depth (16-bit PNG depth and pictures).
 
@@ -432,9 +464,11 @@ def predict(
     from medpeft.engine.predict import check_output_dir
     from medpeft.engine.predict import predict as run_predict
     from medpeft.engine.restore import load_trained
+    from medpeft.engine.volume3d import INFERENCE
     from medpeft.tasks.base import TASK_NAMES, make_task
 
     _choice("--task", task, TASK_NAMES)
+    _choice("--inference", inference, INFERENCE)
     with _one_line_errors():
         check_output_dir(out, overwrite)  # cheap, before loading the model; predict() checks again
         model, record, cfg = load_trained(checkpoint)
@@ -442,7 +476,11 @@ def predict(
             _fail(f"--task {task}: {checkpoint} is a {cfg.task} checkpoint")
         volume_inputs = _volume_inputs(inputs)
         if volume_inputs:
-            return _predict_volumes(model, cfg, volume_inputs, out, overwrite, axis, window, prompts)
+            return _predict_volumes(
+                model, cfg, volume_inputs, out, overwrite, axis, window, prompts, inference
+            )
+        if cfg.task == "volume_segmentation":
+            _fail(f"{inputs}: a 3D model takes NIfTI volumes (.nii / .nii.gz, a file or a folder of them)")
         writer = make_task(cfg).prediction_writer()
         if depth is not None:
             if getattr(writer, "depth_scale", None) is None:

@@ -119,6 +119,7 @@ class SourceConfig(_Strict):
     min_foreground_pixels: int = Field(50, ge=0)
     max_slices: int | None = Field(None, ge=1)  # per volume, evenly spaced
     repeat: int = Field(1, ge=1)  # oversample a small source this many times in the training split
+    split: tuple[float, float, float] | None = None  # this source's own split (e.g. [1, 0, 0]: train only)
 
     @model_validator(mode="after")
     def _one_kind(self) -> SourceConfig:

@@ -17,7 +17,7 @@ from medpeft.adapters.pos_embed import PosEmbedConfig, apply_pos_embed
 from medpeft.adapters.registry import get_method
 from medpeft.adapters.svd import (
     SVDConfig,
-    SVDConv2d,
+    SVDConv,
     SVDLinear,
     apply_svd,
     merge_svd,
@@ -87,14 +87,14 @@ def _trainable(model: nn.Module) -> set[str]:
     return {name for name, p in model.named_parameters() if p.requires_grad}
 
 
-def _perturb(layer: SVDLinear | SVDConv2d, seed: int = 0) -> None:
+def _perturb(layer: SVDLinear | SVDConv, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         layer.scale.copy_(1 + 0.5 * torch.randn(layer.scale.shape, generator=g))
         layer.shift.copy_(0.3 * torch.randn(layer.shift.shape, generator=g))
 
 
-def _outputs(layer: SVDLinear | SVDConv2d, x: torch.Tensor) -> dict[str, torch.Tensor]:
+def _outputs(layer: SVDLinear | SVDConv, x: torch.Tensor) -> dict[str, torch.Tensor]:
     out = {}
     for mode in ("rebuild", "factorised", "auto"):
         layer.mode = mode
@@ -133,7 +133,7 @@ def test_svd_conv2d_modes_merge_and_init(kernel: int, bias: bool) -> None:
     base = nn.Conv2d(6, 10, kernel, padding=kernel // 2, bias=bias)
     x = torch.randn(2, 6, 8, 8)
     expected = base(x).detach()
-    layer = SVDConv2d(copy.deepcopy(base))
+    layer = SVDConv(copy.deepcopy(base))
     for out in _outputs(layer, x).values():
         torch.testing.assert_close(out, expected, atol=ATOL, rtol=0)
     _perturb(layer)
@@ -265,9 +265,9 @@ def test_layer_keeps_the_factors_instead_of_the_base_weight(model: Segmenter, ba
     base_state = {"sam." + k: v for k, v in base_sam.state_dict().items()}
     base_total = sum(p.numel() for p in model.parameters())
     apply_svd(model, SVDConfig(include_neck=True))
-    assert any(isinstance(m, SVDConv2d) for m in model.modules())
+    assert any(isinstance(m, SVDConv) for m in model.modules())
     for name, layer in model.named_modules():
-        if not isinstance(layer, SVDLinear | SVDConv2d):
+        if not isinstance(layer, SVDLinear | SVDConv):
             continue
         stored = {n: t.numel() for n, t in [*layer.named_parameters(), *layer.named_buffers()]}
         d, k = layer.weight_shape[0], math.prod(layer.weight_shape[1:])

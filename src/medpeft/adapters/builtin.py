@@ -1,4 +1,4 @@
 """Imports every built-in adaptation method so that it registers itself."""
 
 # ruff: noqa: F401
-from medpeft.adapters import attention_weights, decoder, full, lora, norms, pos_embed, svd
+from medpeft.adapters import attention_weights, decoder, full, lora, norms, pos_embed, steerable, svd

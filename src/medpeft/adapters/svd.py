@@ -14,6 +14,7 @@ demand, the state dict still holds it under its original key (a loaded ``weight`
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal
 
@@ -40,6 +41,7 @@ class SVDConfig(MethodConfig):
 
     targets: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGETS))
     include_neck: bool = False
+    include_patch_embed: bool = False  # also the patch embedding (a volume ViT's Conv3d)
     train_scale: bool = True
     train_shift: bool = True
     mode: Mode = "auto"
@@ -63,7 +65,9 @@ class _SVDLayer(nn.Module):
 
     bias: nn.Parameter | None
 
-    def __init__(self, base: nn.Linear | nn.Conv2d, train_scale: bool, train_shift: bool, mode: str) -> None:
+    def __init__(
+        self, base: nn.Linear | nn.Conv2d | nn.Conv3d, train_scale: bool, train_shift: bool, mode: str
+    ) -> None:
         super().__init__()
         if base.bias is not None:
             base.bias.requires_grad_(False)
@@ -191,32 +195,41 @@ class SVDLinear(_SVDLayer):
         return layer
 
 
-class SVDConv2d(_SVDLayer):
-    """The conv analogue: the kernel is treated as a ``[out, in * kh * kw]`` matrix."""
+class SVDConv(_SVDLayer):
+    """The conv analogue (2D, or 3D such as a volume ViT's patch embedding): the kernel is treated as an
+    ``[out, in * prod(kernel)]`` matrix."""
 
     def __init__(
-        self, base: nn.Conv2d, *, train_scale: bool = True, train_shift: bool = True, mode: str = "auto"
+        self,
+        base: nn.Conv2d | nn.Conv3d,
+        *,
+        train_scale: bool = True,
+        train_shift: bool = True,
+        mode: str = "auto",
     ) -> None:
         if base.groups != 1 or base.padding_mode != "zeros":
-            raise ValueError("SVDConv2d supports only groups=1 and padding_mode='zeros'")
+            raise ValueError("SVD convolutions support only groups=1 and padding_mode='zeros'")
         super().__init__(base, train_scale, train_shift, mode)
+        self.conv_type = type(base)
         self.in_channels, self.out_channels = base.in_channels, base.out_channels
         self.kernel_size, self.stride = base.kernel_size, base.stride
         self.padding, self.dilation = base.padding, base.dilation
 
     def forward(self, x: Tensor) -> Tensor:
-        conv = {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
-        batch = x.shape[0] if x.dim() == 4 else 1
-        positions = batch * x.shape[-2] * x.shape[-1] // (self.stride[0] * self.stride[1])
+        dims = len(self.kernel_size)
+        conv = F.conv3d if dims == 3 else F.conv2d
+        args = {"stride": self.stride, "padding": self.padding, "dilation": self.dilation}
+        batch = x.shape[0] if x.dim() == dims + 2 else 1
+        positions = batch * math.prod(x.shape[-dims:]) // math.prod(self.stride)
         if self.use_factorised(positions):
-            h = F.conv2d(x, self.Vh.view(-1, *self.weight_shape[1:]), None, **conv)
-            h = h * self.singular_values()[:, None, None]
-            return F.conv2d(h, self.U[:, :, None, None], self.bias)
-        return F.conv2d(x, self.effective_matrix().view(self.weight_shape), self.bias, **conv)
+            h = conv(x, self.Vh.view(-1, *self.weight_shape[1:]), None, **args)
+            h = h * self.singular_values().view(-1, *([1] * dims))
+            return conv(h, self.U.view(*self.U.shape, *([1] * dims)), self.bias)
+        return conv(x, self.effective_matrix().view(self.weight_shape), self.bias, **args)
 
-    def merge(self) -> nn.Conv2d:
-        """A plain ``nn.Conv2d`` with ``W'`` baked in (same bias tensor)."""
-        layer = nn.Conv2d(
+    def merge(self) -> nn.Conv2d | nn.Conv3d:
+        """A plain convolution of the base's type with ``W'`` baked in (same bias tensor)."""
+        layer = self.conv_type(
             self.in_channels,
             self.out_channels,
             self.kernel_size,
@@ -230,9 +243,9 @@ class SVDConv2d(_SVDLayer):
         return layer
 
 
-def svd_layers(model: nn.Module) -> list[SVDLinear | SVDConv2d]:
+def svd_layers(model: nn.Module) -> list[SVDLinear | SVDConv]:
     """All singular-value-tuned layers of ``model``."""
-    return [m for m in model.modules() if isinstance(m, SVDLinear | SVDConv2d)]
+    return [m for m in model.modules() if isinstance(m, SVDLinear | SVDConv)]
 
 
 def set_svd_mode(model: nn.Module, mode: Mode) -> None:
@@ -260,17 +273,21 @@ def _zero(model: nn.Module) -> Tensor:
 
 @torch.no_grad()
 def merge_svd(model: nn.Module) -> nn.Module:
-    """Replace every SVD layer by its merged plain ``nn.Linear`` / ``nn.Conv2d``."""
+    """Replace every SVD layer by its merged plain ``nn.Linear`` / convolution."""
     for name, module in list(model.named_modules()):
-        if isinstance(module, SVDLinear | SVDConv2d):
+        if isinstance(module, SVDLinear | SVDConv):
             replace_module(model, name, module.merge())
     return model
 
 
 @register_method("svd", SVDConfig, merge=merge_svd, penalty=svd_penalty, penalty_name="svd_reg")
 def apply_svd(model: nn.Module, cfg: SVDConfig) -> nn.Module:
-    """Wrap every ``nn.Linear`` / ``nn.Conv2d`` whose qualified name matches a target regex."""
-    targets = [*cfg.targets, *(["neck"] if cfg.include_neck else [])]
+    """Wrap every ``nn.Linear`` / ``nn.Conv2d`` / ``nn.Conv3d`` whose qualified name matches a target regex."""
+    targets = [
+        *cfg.targets,
+        *(["neck"] if cfg.include_neck else []),
+        *(["patch_embed"] if cfg.include_patch_embed else []),
+    ]
     tests = []
     for target in targets:
         symbolic = name_matcher(model, target, "svd")
@@ -282,13 +299,13 @@ def apply_svd(model: nn.Module, cfg: SVDConfig) -> nn.Module:
             continue
         if isinstance(module, nn.Linear):
             layer: _SVDLayer = SVDLinear(module, **kwargs)
-        elif isinstance(module, nn.Conv2d):
-            layer = SVDConv2d(module, **kwargs)
+        elif isinstance(module, nn.Conv2d | nn.Conv3d):
+            layer = SVDConv(module, **kwargs)
         else:
             continue
         layer.reg_weight = cfg.reg_weight
         replace_module(model, name, layer)
         wrapped += 1
     if not wrapped:
-        raise ValueError(f"svd: no nn.Linear/nn.Conv2d matches the targets {targets}")
+        raise ValueError(f"svd: no nn.Linear/nn.Conv2d/nn.Conv3d matches the targets {targets}")
     return model

@@ -177,11 +177,14 @@ def read_collection(
                 f"data.sources[{i}] ({source.root or source.volume or source.dataset}) holds no image"
             )
         labels += [n for n in names if n not in labels]
+        fractions = source.split or split
         if source.dataset is not None:  # a volume dataset: whole subjects per split, none straddles them
-            folders = split_records(sorted({r.image.parent.parent for r in records}), split, seed=seed + i)
+            folders = split_records(
+                sorted({r.image.parent.parent for r in records}), fractions, seed=seed + i
+            )
             split_i = {k: [r for r in records if r.image.parent.parent in set(v)] for k, v in folders.items()}
         else:
-            split_i = split_records(records, split, seed=seed + i)
+            split_i = split_records(records, fractions, seed=seed + i)
         parts["train"] += split_i["train"] * source.repeat
         parts["val"] += split_i["val"]
         parts["test"] += split_i["test"]

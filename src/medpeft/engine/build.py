@@ -139,19 +139,24 @@ def apply_methods(
     re-application is identical.
 
     Sets ``model.method_lr``: parameter name -> learning rate of the method that made it trainable,
-    for methods that set their own ``lr``.
+    for methods that set their own ``lr``; and ``model.method_params``: method -> the numbers it made
+    trainable (``medpeft info``'s per-method table).
     """
     method_lr: dict[str, float] = {}
+    method_params: dict[str, int] = {}
     entries = cfg.adapters if adapters is None else adapters
     for i, (name, method_cfg) in enumerate(method_configs(entries)):
         before = {n for n, p in model.named_parameters() if p.requires_grad}
         torch.manual_seed(cfg.train.seed + seed + i)
         get_method(name).apply(model, method_cfg)
+        new = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n not in before]
+        key = name if name not in method_params else f"{name} ({i + 1})"
+        method_params[key] = sum(p.numel() for _, p in new)
         if method_cfg.lr is not None:
-            for n, p in model.named_parameters():
-                if p.requires_grad and n not in before:
-                    method_lr.setdefault(n, method_cfg.lr)
+            for n, _ in new:
+                method_lr.setdefault(n, method_cfg.lr)
     model.method_lr = method_lr
+    model.method_params = method_params
     return model
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from medpeft.engine.build import merge_methods
 from medpeft.engine.record import AdapterRecord
 from medpeft.engine.restore import load_trained
+from medpeft.models.prompts import Prompts
 
 HEAD_FILE = "medpeft_head.safetensors"
 HEAD_RECORD = "medpeft_head.json"
@@ -41,22 +42,22 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
             f"{checkpoint} is a depth-guided model ({cfg.model.backbone} + fusion); it has no single "
             "transformers format to merge into: predict and evaluate from the checkpoint itself"
         )
-    if base is None:
+    save = getattr(model, "save_base", None) or (base.save_pretrained if base is not None else None)
+    if save is None:
         raise ValueError(f"backbone {cfg.model.backbone!r} has no transformers format to merge into")
     gen = torch.Generator().manual_seed(seed)
-    size = int(cfg.model.image_size)
-    probe = torch.randn(1, 3, size, size, generator=gen)
-    before = model(probe)
+    probe_input, probe_prompts = _probe(model, int(cfg.model.image_size), gen)
+    before = model(probe_input, probe_prompts)
     merge_methods(model, cfg)
     leftover = sorted(set(model.state_dict()) - model.base_state_keys)
     if leftover:  # every method folded into the base's own tensors, or the merge is not plain weights
         raise RuntimeError(f"merge left adapter tensors behind: {leftover[:5]}")
-    after = model(probe)
+    after = model(probe_input, probe_prompts)
     diff = float((before - after).abs().max())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
-        base.save_pretrained(tmp)
+        save(tmp)
         _write_head(model, record, str(checkpoint), diff, tmp)
         if out.exists():  # empty, or an earlier merge output (checked above)
             shutil.rmtree(out)
@@ -65,6 +66,15 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return diff
+
+
+def _probe(model: torch.nn.Module, size: int, gen: torch.Generator) -> tuple[torch.Tensor, Prompts | None]:
+    """A random input (and, for a volume model, a box per class) to compare outputs before and after."""
+    if getattr(model, "spatial_dims", 2) == 3:
+        roi = tuple(model.roi)
+        boxes = torch.tensor([[0.0, 0.0, 0.0, *(r - 1.0 for r in roi)]]).expand(1, len(model.label_names), 6)
+        return torch.randn(1, 1, *roi, generator=gen), Prompts(boxes=boxes, text=False)
+    return torch.randn(1, 3, size, size, generator=gen), None
 
 
 def _write_head(model: torch.nn.Module, record: AdapterRecord, source: str, diff: float, out: Path) -> None:

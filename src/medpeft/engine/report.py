@@ -72,7 +72,21 @@ def parameter_report(model: nn.Module, cfg: Config) -> str:
         lines.append(f"{g:<24}{t:>14,}{n:>14,}{100 * t / n:>8.3f}%")
     t, n = trainable_share(model)
     lines.append(f"{'whole model':<24}{t:>14,}{n:>14,}{100 * t / n:>8.3f}%")
+    lines.append(method_table(model, n))
     lines.append(optimizer_report(model, cfg))
+    return "\n".join(lines)
+
+
+def method_table(model: nn.Module, total: int) -> str:
+    """Trainable numbers per method, in the order applied, as shares of the whole model (the layout of
+    the SegVol reproduction study's Table 3); what no method made trainable (a class prompt) is listed."""
+    rows = dict(getattr(model, "method_params", {}))
+    rest = trainable_share(model)[0] - sum(rows.values())
+    if rest:
+        rows["other (class prompt)"] = rest
+    lines = [f"{'trainable by method':<24}{'numbers':>14}{'of model':>14}"]
+    for name, count in rows.items():
+        lines.append(f"{name[:23]:<24}{count:>14,}{100 * count / max(1, total):>13.3f}%")
     return "\n".join(lines)
 
 

@@ -6,8 +6,10 @@ mode, assembled into a 3D label map; 3D metrics with spacing per case; pictures 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -199,14 +201,28 @@ def evaluate_volumes(
     threshold: float = 0.5,
     batch_size: int = 8,
     rotation: tuple[float, float, float] | None = None,
+    inference: str = "zoom",
+    prompt_modes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Segment every case in automatic mode and score it in 3D with its spacing: ``per_case.csv``,
-    ``summary.json`` (per-class mean/std and the mean over classes) and ``pictures/<case>.png``. The
-    model's labels are matched to the dataset's ``table`` by name; others are not scored.
+    """Segment every case and score it in 3D with its spacing: ``per_case.csv``, ``summary.json`` (per-class
+    mean/std and the mean over classes) and ``pictures/<case>.png``. The model's labels are matched to the
+    dataset's ``table`` by name; others are not scored.
+
+    A 2D model runs slice by slice in automatic mode. A 3D model (SegVol) runs at full resolution by
+    ``inference`` (``zoom``: zoom-out-zoom-in, ``sliding``, ``resize``) under each of ``prompt_modes``
+    (``text``, ``box``, ``point``, ``text+box``, ...; boxes and points from the ground truth; default
+    ``text``): the first mode is the summary's, all of them are compared in ``summary["prompts"]`` and
+    ``prompts.png``, with seconds per case.
 
     ``rotation`` (radians about x, y, z): each case is also rotated with its labels (nearest) and scored
     again (rows with ``rotated`` true); ``summary["rotation"]`` holds per-class Dice original vs rotated
     and the drop, drawn in ``rotation.png``."""
+    from medpeft.engine.volume3d import is_volume_model, segment_volume_3d, truth_prompts
+
+    volume_model = is_volume_model(model)
+    modes = list(prompt_modes or (["text"] if volume_model else ["auto"]))
+    if not volume_model and modes != ["auto"]:
+        raise ValueError(f"prompt modes {modes}: a 2D model is scored on volumes in automatic mode only")
     labels = list(model.label_names)
     value_of = {name: value for value, name in table.items()}
     scored = [n for n in labels if n in value_of]
@@ -233,10 +249,17 @@ def evaluate_volumes(
         if rotation is not None:
             turned = np.clip(np.round(rotate_volume(pixels, rotation)), 0, 255).astype(np.uint8)
             variants.append((True, turned, rotate_volume(truth, rotation, label=True)))
-        for rotated, image, target in variants:
-            pred = segment_volume(
-                model, image, axis, batch_size, None, resize_mode, normalize_mode, threshold
-            )
+        for (rotated, image, target), mode in itertools.product(variants, modes):
+            started = time.perf_counter()
+            if volume_model:
+                given = truth_prompts(target.transpose(2, 1, 0), labels, mode)
+                text = mode == "auto" or "text" in mode
+                pred, _ = segment_volume_3d(model, image, given, text, inference, threshold)
+            else:
+                pred = segment_volume(
+                    model, image, axis, batch_size, None, resize_mode, normalize_mode, threshold
+                )
+            seconds = time.perf_counter() - started
             scores = case_scores(pred, target, len(labels), volume.spacing)
             for c, name in enumerate(labels):
                 if name in value_of:
@@ -245,19 +268,38 @@ def evaluate_volumes(
                             "case": case,
                             "label": name,
                             "rotated": rotated,
+                            "prompt": mode,
                             **{m: float(scores[m][c]) for m in METRICS},
                             "gt_voxels": int((target == c + 1).sum()),
                             "pred_voxels": int((pred == c + 1).sum()),
+                            "seconds": seconds,
                         }
                     )
-            suffix = "-rotated" if rotated else ""
-            mid_slices_picture(out_dir / "pictures" / f"{case}{suffix}.png", image, pred, labels, target)
+            if mode == modes[0]:
+                suffix = "-rotated" if rotated else ""
+                mid_slices_picture(out_dir / "pictures" / f"{case}{suffix}.png", image, pred, labels, target)
     out_dir.mkdir(parents=True, exist_ok=True)
     with (out_dir / "per_case.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["case", "label", "rotated", *METRICS, "gt_voxels", "pred_voxels"])
+        fields = ["case", "label", "rotated", "prompt", *METRICS, "gt_voxels", "pred_voxels", "seconds"]
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    summary = _summary([r for r in rows if not r["rotated"]], scored, axis)
+    first = [r for r in rows if r["prompt"] == modes[0]]
+    summary = _summary([r for r in first if not r["rotated"]], scored, axis)
+    if volume_model:
+        summary["inference"] = inference
+        summary["prompts"] = {}
+        for mode in modes:
+            mine = [r for r in rows if r["prompt"] == mode and not r["rotated"]]
+            part = _summary(mine, scored, axis)
+            summary["prompts"][mode] = {
+                "dice": {n: part["per_class"][n]["dice"] for n in scored},
+                "mean_dice": part["mean"]["dice"],
+                "seconds_per_case": float(np.mean([r["seconds"] for r in mine])) if mine else None,
+            }
+        if len(modes) > 1:
+            prompt_chart(out_dir / "prompts.png", summary["prompts"])
+    rows = first  # the rotation comparison is under the first prompt mode
     if rotation is not None:
         turned_summary = _summary([r for r in rows if r["rotated"]], scored, axis)
         summary["rotation"] = {
@@ -335,9 +377,40 @@ def rotation_chart(path: Path, rotation: dict[str, Any], title: str | None = Non
     plt.close(fig)
 
 
+def prompt_chart(path: Path, prompts: dict[str, Any]) -> None:
+    """Bars of per-class Dice for each prompt configuration (SegVol's Figure 5 layout)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(prompts)
+    names = list(next(iter(prompts.values()))["dice"])
+    x = np.arange(len(names))
+    width = 0.8 / len(modes)
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(names) + 2), 3.5), dpi=100)
+    for i, mode in enumerate(modes):
+        values = [prompts[mode]["dice"][n] or 0.0 for n in names]
+        ax.bar(x - 0.4 + width * (i + 0.5), values, width, label=mode)
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_ylabel("Dice")
+    ax.set_ylim(0, 1)
+    ax.set_title("Dice by prompt", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def format_volume_table(summary: dict[str, Any]) -> str:
     head = f"{'label':<24}{'Dice':>9}{'IoU':>9}{'ASSD mm':>9}{'HD95 mm':>9}"
-    lines = [f"{summary['cases']} volumes, slices along axis {summary['axis']}", head, "-" * len(head)]
+    how = (
+        f"3D, {summary['inference']} inference, {next(iter(summary['prompts']))} prompts"
+        if "inference" in summary
+        else f"slices along axis {summary['axis']}"
+    )
+    lines = [f"{summary['cases']} volumes, {how}", head, "-" * len(head)]
 
     def fmt(v: float | None) -> str:
         return f"{v:9.3f}" if v is not None and math.isfinite(v) else f"{'-':>9}"
@@ -345,6 +418,10 @@ def format_volume_table(summary: dict[str, Any]) -> str:
     for name, s in summary["per_class"].items():
         lines.append(f"{name[:23]:<24}" + "".join(fmt(s[m]) for m in METRICS))
     lines.append(f"{'mean':<24}" + "".join(fmt(summary["mean"][m]) for m in METRICS))
+    if len(summary.get("prompts", {})) > 1:
+        lines.append("Dice by prompt (mean over classes; seconds per case):")
+        for mode, r in summary["prompts"].items():
+            lines.append(f"{mode[:23]:<24}{fmt(r['mean_dice'])}  ({r['seconds_per_case']:.2f} s)")
     if "rotation" in summary:
         rot = summary["rotation"]
         degrees = ", ".join(f"{math.degrees(a):.1f}" for a in rot["angles_rad"])
@@ -366,25 +443,36 @@ def predict_volume_file(
     resize_mode: str = "longest_pad",
     normalize_mode: str = "sam",
     threshold: float = 0.5,
+    inference: str = "zoom",
+    text: bool | None = None,
 ) -> dict[str, Any]:
     """Segment one volume file and write ``volumes/<name>.nii.gz`` (input grid and affine, label table
-    beside it) and ``pictures/<name>.png``; returns its ``predictions.json`` entry."""
+    beside it) and ``pictures/<name>.png``; returns its ``predictions.json`` entry. A 3D model runs by
+    ``inference`` with text prompts (``text``; default: unless boxes or points are given)."""
     from medpeft.data.volume_io import write_label_volume
+    from medpeft.engine.volume3d import is_volume_model, ras_prompts, segment_volume_3d
 
     volume: Volume = read_volume(path)
     pixels = to_uint8(volume.array, window)
     prompts = prompts or {}
-    labels_3d = segment_volume(
-        model,
-        pixels,
-        axis,
-        8,
-        prompts.get("boxes"),
-        resize_mode,
-        normalize_mode,
-        threshold,
-        prompts.get("points"),
-    )
+    info: dict[str, Any] = {}
+    if is_volume_model(model):  # text (label names) unless only boxes / points were given, as SegVol
+        given = ras_prompts(prompts.get("boxes"), prompts.get("points"))
+        text = text if text is not None else not (prompts.get("boxes") or prompts.get("points"))
+        labels_3d, info = segment_volume_3d(model, pixels, given, text, inference, threshold)
+        info["text"] = text
+    else:
+        labels_3d = segment_volume(
+            model,
+            pixels,
+            axis,
+            8,
+            prompts.get("boxes"),
+            resize_mode,
+            normalize_mode,
+            threshold,
+            prompts.get("points"),
+        )
     name = path.name.removesuffix(".gz").removesuffix(".nii")
     table = {i + 1: n for i, n in enumerate(model.label_names)}
     write_label_volume(out_dir / "volumes" / f"{name}.nii.gz", labels_3d, volume, table)
@@ -393,7 +481,11 @@ def predict_volume_file(
         "volume": str(path),
         "labels": f"volumes/{name}.nii.gz",
         "picture": f"pictures/{name}.png",
-        "prompt_mode": "+".join(k for k in ("boxes", "points") if prompts.get(k)) or "auto",
+        "prompt_mode": "+".join(
+            (["text"] if info.get("text") else []) + [k for k in ("boxes", "points") if prompts.get(k)]
+        )
+        or "auto",
+        **info,
         "voxels": {n: int((labels_3d == i + 1).sum()) for i, n in enumerate(model.label_names)},
         "spacing": list(volume.spacing),
     }

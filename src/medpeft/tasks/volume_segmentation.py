@@ -33,7 +33,7 @@ def volume_splits(cfg: Config) -> Splits:
     splits = Splits([], [], [], [])
     for i, source in enumerate(cfg.data.sources):
         cases, names = source_cases(source)
-        parts = split_cases(cases, cfg.data.split, cfg.data.seed + i)
+        parts = split_cases(cases, source.split or cfg.data.split, cfg.data.seed + i)
         splits.train += parts["train"] * source.repeat
         splits.val += parts["val"]
         splits.test += parts["test"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -109,6 +111,12 @@ class SegVolSegmenter(nn.Module):
         low = self.segvol.mask_decoder(image, image_pe, sparse.flatten(0, 1), dense, rows)
         low = low.reshape(b, c, *low.shape[1:])
         return F.interpolate(low, size=tuple(size), mode="trilinear", align_corners=False)
+
+    def save_base(self, directory: Path) -> Path:
+        """Write the (merged) base as a folder ``model.base`` loads (``medpeft merge``)."""
+        from . import save_segvol
+
+        return save_segvol(self.segvol, directory)
 
     @property
     def device(self) -> torch.device:
