@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from medpeft.engine.zoom import region_of_interest, sliding_window, zoom_out_zoom_in
+from medpeft.engine.zoom import Frame, region_of_interest, sliding_window, zoom_out_zoom_in
 
 
 def _predictor(calls: list[int]):
-    def predict(x: torch.Tensor) -> torch.Tensor:  # a local model: logits from each voxel's intensity
+    def predict(x: torch.Tensor, frame: Frame) -> torch.Tensor:  # a local model: logits from intensity
         calls.append(int(x.shape[0]))
         return 20.0 * (x[:, :1] - 0.5)
 
@@ -45,3 +45,25 @@ def test_prompt_box_sets_the_region_and_nothing_found_skips_zoom_in() -> None:
     mask = torch.zeros(10, 10, 10, dtype=torch.bool)
     mask[8:10, 0:2, 4:6] = True
     assert region_of_interest(mask, 0.5, (4, 4, 4)) == (6, 0, 3, 10, 4, 7)
+
+
+def test_every_window_knows_where_it_lies() -> None:
+    """A predictor that draws a box given in full-volume voxels through its frame reproduces that box
+    exactly from any sliding window and from the zoom-out pass (small inputs are padded, as MONAI does)."""
+    box = torch.tensor([5.0, 10.0, 7.0, 14.0, 30.0, 20.0])  # (z0, y0, x0, z1, y1, x1), inclusive
+
+    def draw(x: torch.Tensor, frame: Frame) -> torch.Tensor:
+        lo, hi = frame.map(box[:3]), frame.map(box[3:])
+        grids = torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in x.shape[2:]], indexing="ij")
+        inside = torch.ones(x.shape[2:], dtype=torch.bool)
+        for g, a, b in zip(grids, lo, hi, strict=True):
+            inside &= (g >= a - 1e-4) & (g <= b + 1e-4)
+        return torch.where(inside, 10.0, -10.0)[None, None]
+
+    volume = torch.zeros(1, 1, 20, 40, 12)  # x is thinner than the window: padded
+    logits = sliding_window(draw, volume, (8, 16, 16), overlap=0.5)
+    expected = torch.zeros(20, 40, 12, dtype=torch.bool)
+    expected[5:15, 10:31, 7:21] = True
+    assert torch.equal(logits[0, 0] > 0, expected)
+    zoomed = zoom_out_zoom_in(draw, volume, (8, 16, 16), margin=0.1)
+    assert torch.equal(zoomed.logits[0, 0] > 0, expected)

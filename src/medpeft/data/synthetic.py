@@ -129,3 +129,44 @@ def make_video_dataset(
             json.dumps({"fx": fx, "fy": fx, "cx": k[0, 2], "cy": k[1, 2]}) + "\n"
         )
     return Path(root)
+
+
+def make_volume_dataset(
+    root: Path, n: int = 12, shape: tuple[int, int, int] = (48, 40, 24), seed: int = 0
+) -> Path:
+    """An MSD-layout volume dataset (``imagesTr/``, ``labelsTr/``, ``dataset.json``; 1 mm, RAS) of ``n``
+    noisy volumes ``[X, Y, Z]`` holding a bright ellipsoid (label 1, ``ball``) and a darker box (label 2,
+    ``block``) at random places: a 3D model must find both from text, box or point prompts."""
+    import json
+
+    import nibabel as nib
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1).astype(np.float32)
+    training = []
+    for i in range(n):
+        label = np.zeros(shape, np.uint8)
+        radii = rng.uniform(0.12, 0.2, 3) * np.array(shape)
+        centre = rng.uniform(0.3, 0.7, 3) * np.array(shape)
+        label[(((grid - centre) / radii) ** 2).sum(-1) <= 1] = 1
+        lo = (rng.uniform(0.05, 0.5, 3) * np.array(shape)).astype(int)
+        size = np.maximum(3, (rng.uniform(0.15, 0.3, 3) * np.array(shape)).astype(int))
+        block = tuple(slice(a, a + b) for a, b in zip(lo, size, strict=True))
+        label[block] = np.where(label[block] == 0, 2, label[block])
+        image = rng.normal(0.0, 12.0, shape) + 60.0
+        image[label == 1] += 120.0
+        image[label == 2] += 55.0
+        name = f"synthetic_{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), str(root / "imagesTr" / name))
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labelsTr" / name))
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    meta = {
+        "name": "synthetic",
+        "labels": {"0": "background", "1": "ball", "2": "block"},
+        "training": training,
+    }
+    (root / "dataset.json").write_text(json.dumps(meta, indent=1))
+    return root

@@ -12,8 +12,9 @@ What changes:
 - The mask decoder's SAM names map as segment-anything's do (``sam.convert.rename_key``); the 3D
   upscaling keeps its indices (0, 1, 3).
 - ``prompt_encoder.mask_downscaling.*`` (2D convolutions the 3D model never calls) are dropped.
-- ``text_encoder.clip_text_model.*`` (a CLIP text model) and ``text_encoder.dim_align.*`` (512 -> 768)
-  are returned apart: they become the frozen text model and the class prompt's projection.
+- ``text_encoder.clip_text_model.text_model.*`` (a CLIP text model saved by transformers 4.x, which nested
+  it under ``text_model``; 5.x does not) and ``text_encoder.dim_align.*`` (512 -> 768) are returned apart:
+  they become the frozen text model and the class prompt's projection.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ def convert_segvol_state_dict(
             out[f"{_PATCH}.weight"] = perceptron_to_conv(value, config.patch)
         elif key == f"{_PATCH}.1.bias":
             out[f"{_PATCH}.bias"] = value
-        elif key.startswith("text_encoder.clip_text_model."):
-            text["clip." + key.removeprefix("text_encoder.clip_text_model.")] = value
+        elif key.startswith("text_encoder.clip_text_model."):  # transformers 4.x nested text_model.*
+            inner = key.removeprefix("text_encoder.clip_text_model.").removeprefix("text_model.")
+            text["clip." + inner] = value
         elif key.startswith("text_encoder.dim_align."):
             text["dim_align." + key.removeprefix("text_encoder.dim_align.")] = value
         elif _SAME.fullmatch(key):
