@@ -185,3 +185,8 @@ def test_a_merged_model_is_a_base(trained, tmp_path) -> None:
         a = model.segvol.embed(x)
         b = trained_model.segvol.embed(x)
     torch.testing.assert_close(a, b)
+    # its label vocabulary comes along: the merged head's tokens, matched by name (here in a new order)
+    swapped, _ = build_model(cfg, ["block", "ball"])
+    learned = trained_model.class_prompt.embedding.weight
+    assert torch.equal(swapped.class_prompt.embedding.weight[0], learned[1])
+    assert torch.equal(swapped.class_prompt.embedding.weight[1], learned[0])

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medpeft.config import Config, ConfigError
+from medpeft.data.splits import load_split_file
 from medpeft.data.volume_dataset import VolumeCase, VolumeDataset, dataset_cases, source_cases, split_cases
 from medpeft.models.prompts import Prompts
 from medpeft.tasks.base import PredictionWriter, Splits, Task, register_task
@@ -23,10 +24,14 @@ from medpeft.tasks.segmentation_loss import SegmentationLoss
 
 
 def volume_splits(cfg: Config) -> Splits:
-    """Cases of ``data.root`` (a volume dataset) or of every volume source, each split by subject."""
+    """Cases of ``data.root`` (a volume dataset; split by subject, or by ``data.split_file``) or of every
+    volume source, each split by subject."""
     if cfg.data.root is not None:
         cases, labels = dataset_cases(cfg.data.root, cfg.data.window)
-        parts = split_cases(cases, cfg.data.split, cfg.data.seed)
+        if cfg.data.split_file is not None:  # {"train": [file names], "val": [...], "test": [...]}
+            parts = load_split_file(cfg.data.split_file, cases)
+        else:
+            parts = split_cases(cases, cfg.data.split, cfg.data.seed)
         return Splits(parts["train"], parts["val"], parts["test"], labels)
     if not cfg.data.sources:
         raise ConfigError("data.root is not set: point it at a volume dataset (or list data.sources)")

@@ -193,7 +193,10 @@ def test_saved_folder_round_trips_and_sizes_are_checked(tmp_path) -> None:
     assert identity.kind == "preset" and model.config.roi == (8, 32, 32)
     save_segvol(model, tmp_path / "base")
     again, _ = load_segvol(str(tmp_path / "base"), 32)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True)
+    )
     with pytest.raises(ValueError, match="takes \\(8, 32, 32\\) volumes"):
         load_segvol(str(tmp_path / "base"), 64)
 

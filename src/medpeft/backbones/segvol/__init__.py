@@ -79,6 +79,10 @@ def _from_folder(path: Path) -> SegVolModel:
     data.pop("model_type", None)
     model = SegVolModel(SegVolConfig.from_json(data))
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    head = path / "medpeft_head.json"  # a merged run's label vocabulary (``medpeft merge``)
+    if head.is_file() and (path / "medpeft_head.safetensors").is_file():
+        model.head_labels = list(json.loads(head.read_text()).get("label_names") or [])
+        model.head_state = load_file(str(path / "medpeft_head.safetensors"))
     return model
 
 
@@ -127,14 +131,30 @@ def load_segvol(source: str, image_size: int = 64) -> tuple[SegVolModel, BaseIde
 def _wrap(
     base: SegVolModel, label_names: list[str], class_prompt: nn.Module | None = None
 ) -> SegVolSegmenter:
-    """The segmenter; a released checkpoint's ``dim_align`` initialises a text class prompt's projection."""
+    """The segmenter, its class prompt starting from what the base knows: a released checkpoint's
+    ``dim_align`` (the text projection), or a merged foundation's head (its text projection, or the learned
+    token of every label it was trained on, matched by name), so label names prompt it zero-shot."""
+    head = dict(getattr(base, "head_state", None) or {})
     released = getattr(base, "released_text", None) or {}
+    if "dim_align.weight" in released:
+        head.setdefault("affine.weight", released["dim_align.weight"])
+        head.setdefault("affine.bias", released["dim_align.bias"])
+    known = list(getattr(base, "head_labels", []))
     affine = getattr(class_prompt, "affine", None)
-    if affine is not None and "dim_align.weight" in released:
-        if tuple(affine.weight.shape) == tuple(released["dim_align.weight"].shape):
-            with torch.no_grad():
-                affine.weight.copy_(released["dim_align.weight"])
-                affine.bias.copy_(released["dim_align.bias"])
+    table = getattr(class_prompt, "embedding", None)
+    with torch.no_grad():
+        if (
+            affine is not None
+            and "affine.weight" in head
+            and affine.weight.shape == head["affine.weight"].shape
+        ):
+            affine.weight.copy_(head["affine.weight"])
+            affine.bias.copy_(head["affine.bias"])
+        learned = head.get("embedding.weight")
+        if table is not None and learned is not None and table.weight.shape[1] == learned.shape[1]:
+            for i, name in enumerate(label_names):
+                if name in known:
+                    table.weight[i] = learned[known.index(name)]
     return SegVolSegmenter(base, label_names, class_prompt)
 
 
