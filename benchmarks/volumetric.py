@@ -1,4 +1,4 @@
-"""Benchmark, part 1: a 2D foundation adapted on slices of training subjects, then evaluated in 3D
+"""Benchmark, part 1 (part 2, the 3D foundation: ``volumetric_3d.py``, ``--part 2``): a 2D foundation adapted on slices of training subjects, then evaluated in 3D
 on held-out subjects with their spacing (Dice, HD95 per structure), with and without rotation (the
 drop per class), and the speed of slice-by-slice volume inference.
 
@@ -43,7 +43,8 @@ def subjects(name: str, n_train: int, n_test: int, seed: int) -> tuple[list, lis
     return train[:n_train], test[:n_test], table
 
 
-def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
+def run(name: str, args: argparse.Namespace, cases: tuple[list, list, dict[int, str]] | None = None) -> dict[str, Any]:
+    """The 2D route on ``name``: its subjects (or ``cases``: train cases, test cases, label table)."""
     import torch
 
     from medpeft.config import parse_config
@@ -55,8 +56,8 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     work = args.work / name
-    train_cases, test_cases, table = subjects(name, args.train_subjects, args.test_subjects, args.seed)
-    slices = work / "slices"
+    train_cases, test_cases, table = cases or subjects(name, args.train_subjects, args.test_subjects, args.seed)
+    slices = work / ("slices" if cases is None else "slices-given")
     if not (slices / "labels.json").is_file():
         for image, label in train_cases:
             export_slices(image, label, slices, table, axis=2, min_foreground_pixels=10)
@@ -130,7 +131,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path("runs/bench_volumetric"))
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--part", type=int, choices=(1, 2), default=1, help="2: the 3D foundation (volumetric_3d.py)")
+    p.add_argument("--foundation", type=Path, default=Path("runs/foundation_segvol_mini/base"))
     args = p.parse_args(argv)
+    if args.part == 2:
+        import volumetric_3d
+
+        return volumetric_3d.main(args)
     rows = []
     for name in args.datasets:
         if not (SHARED / name).is_dir():

@@ -537,9 +537,11 @@ def info(
             [] if cfg.task in DEPTH_TASKS else cfg.data.labels or _labels_from_data(cfg) or ["foreground"]
         )
         model, identity = build_model(cfg, labels)
+    volume = getattr(model, "spatial_dims", 2) == 3
+    size = "x".join(str(s) for s in (model.roi if volume else (cfg.model.image_size,) * 2))
     typer.echo(
         f"base: {identity.source} ({identity.kind}{', random init' if identity.random_init else ''}), "
-        f"backbone {cfg.model.backbone}, task {cfg.task}, input {cfg.model.image_size}x{cfg.model.image_size}"
+        f"backbone {cfg.model.backbone}, task {cfg.task}, input {size}"
         + (f", labels: {labels}" if labels else "")
     )
     typer.echo(parameter_report(model, cfg))
@@ -548,6 +550,11 @@ def info(
 def _labels_from_data(cfg) -> list[str] | None:
     from medpeft.data.readers import read_dataset
 
+    if cfg.task == "volume_segmentation":
+        from medpeft.tasks.volume_segmentation import volume_splits
+
+        has_data = cfg.data.sources or (cfg.data.root is not None and Path(cfg.data.root).exists())
+        return volume_splits(cfg).label_names if has_data else None
     if cfg.data.root is None or not Path(cfg.data.root).exists():
         return None
     return read_dataset(Path(cfg.data.root), format=cfg.data.format, labels=cfg.data.labels)[1]

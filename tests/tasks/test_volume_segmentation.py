@@ -61,8 +61,14 @@ def test_items_carry_every_class_with_3d_prompts(synthetic) -> None:
         z, y, x = item["points"][c, 0].long().tolist()
         assert mask[z, y, x] and item["point_labels"][c].tolist() == [1, 0]
     crops = VolumeDataset(cases, labels, (8, 16, 16), train=True, zoom_in=1.0)
-    crop = crops[0]  # a full-resolution window around one class, still the input size
+    crop = crops[0]  # a full-resolution window around one class: a block of the volume, unresized
     assert crop["image"].shape == (1, 8, 16, 16) and crop["masks"].sum() > 0
+    image = torch.from_numpy(crops.arrays(0)[0])
+    windows = image.unfold(0, 8, 1).unfold(1, 16, 1).unfold(2, 16, 1)  # every 8x16x16 block
+    assert (windows == crop["image"][0]).flatten(3).all(-1).any()
+    wide = VolumeDataset(cases, labels, (8, 48, 48), train=True, zoom_in=1.0)[0]  # wider than the volume
+    assert wide["image"].shape == (1, 8, 48, 48)
+    assert wide["image"][0, :, :8].abs().sum() == 0 and wide["image"][0, :, :, :4].abs().sum() == 0  # padded
 
 
 def _config(tmp_path, synthetic, **extra) -> dict:

@@ -2,8 +2,9 @@
 subject, served at the model's input size with per-class 3D prompts.
 
 Each item is one of SegVol's two views: the whole volume resized to the input (zoom-out), or in training
-with probability ``zoom_in`` a full-resolution crop of the input size around one class's foreground
-(zoom-in), the view the second inference pass sees. Arrays are [D, H, W] = the RAS volume's (z, y, x).
+with probability ``zoom_in`` a full-resolution window of the input size around one class's foreground,
+zero-padded where the volume is smaller (zoom-in): exactly what the sliding window of the second
+inference pass shows the model, at the volume's own voxel size. Arrays are [D, H, W] = the RAS volume's (z, y, x).
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ def resize(array: torch.Tensor, size: tuple[int, ...], label: bool = False) -> t
         array[None].float(), size=size, mode=mode, **({} if label else {"align_corners": False})
     )
     return out[0]
+
+
+def pad_to(array: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``[C, D, H, W]`` zero-padded evenly to at least ``size`` (as MONAI's sliding window pads a volume
+    smaller than its window), so training windows look like inference windows."""
+    pad: list[int] = []
+    for n, r in zip(reversed(array.shape[1:]), reversed(size), strict=True):
+        diff = max(r - n, 0)
+        pad += [diff // 2, diff - diff // 2]
+    return F.pad(array, pad) if any(pad) else array
 
 
 def load_case(case: VolumeCase) -> tuple[np.ndarray, np.ndarray | None]:
@@ -171,11 +182,13 @@ class VolumeDataset(Dataset):
         annotated = np.array([n in case.annotated for n in self.label_names])
         image_t, masks_t = torch.from_numpy(image)[None], torch.from_numpy(masks)
         present = [i for i in range(self.num_classes) if masks[i].any()]
-        if self.train and present and rng.random() < self.zoom_in:  # zoom-in view: a full-resolution crop
+        if self.train and present and rng.random() < self.zoom_in:  # zoom-in: a full-resolution window
             window = crop_around(masks[present[rng.integers(len(present))]], self.roi, rng)
-            image_t, masks_t = image_t[(slice(None), *window)], masks_t[(slice(None), *window)]
-        image_t = resize(image_t, self.roi)
-        masks_t = resize(masks_t, self.roi, label=True) > 0.5
+            image_t = pad_to(image_t[(slice(None), *window)], self.roi)
+            masks_t = pad_to(masks_t[(slice(None), *window)], self.roi) > 0.5
+        else:  # zoom-out: the whole volume resized to the input
+            image_t = resize(image_t, self.roi)
+            masks_t = resize(masks_t, self.roi, label=True) > 0.5
         ids = np.arange(self.num_classes)
         if self.train and self.k is not None and self.k < self.num_classes:  # sampled labels, present first
             order = rng.permutation(self.num_classes)

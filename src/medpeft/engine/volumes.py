@@ -224,7 +224,9 @@ def evaluate_volumes(
     if not volume_model and modes != ["auto"]:
         raise ValueError(f"prompt modes {modes}: a 2D model is scored on volumes in automatic mode only")
     labels = list(model.label_names)
-    value_of = {name: value for value, name in table.items()}
+    value_of: dict[str, list[int]] = {}  # several values may carry one name (BRATS' tumour regions)
+    for value, name in table.items():
+        value_of.setdefault(name, []).append(value)
     scored = [n for n in labels if n in value_of]
     if not scored:
         raise ValueError(
@@ -244,7 +246,7 @@ def evaluate_volumes(
                 )
             for i, name in enumerate(labels):
                 if name in value_of:
-                    truth[np.round(truth_raw) == value_of[name]] = i + 1
+                    truth[np.isin(np.round(truth_raw), value_of[name])] = i + 1
         variants = [(False, pixels, truth)]
         if rotation is not None:
             turned = np.clip(np.round(rotate_volume(pixels, rotation)), 0, 255).astype(np.uint8)
