@@ -31,7 +31,8 @@ bench: venv
 check-escnn:
 	test -x .venv-escnn/bin/python || python3 -m venv .venv-escnn
 	.venv-escnn/bin/pip install -q -c constraints.txt torch==2.13.0
-	.venv-escnn/bin/pip install -q "numpy<2" escnn
+	.venv-escnn/bin/pip install -q "numpy<2" scipy joblib sympy autograd pymanopt requests
+	.venv-escnn/bin/pip install -q --no-deps escnn lie_learn  # py3nj (escnn's optional CG solver) needs Fortran
 	.venv-escnn/bin/pip install -q --no-deps -e .
 	.venv-escnn/bin/python scripts/check_steerable_escnn.py --patch 4 --bases 4
 
