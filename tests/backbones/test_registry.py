@@ -10,10 +10,12 @@ from medpeft.backbones import available_backbones, backbone_for, get_backbone
 
 
 def test_every_family_is_registered_with_a_task() -> None:
-    assert available_backbones() == ["depth_anything", "sam", "sam2", "unet"]
-    assert {get_backbone(n).task for n in available_backbones()} == {"segmentation", "depth"}
+    assert available_backbones() == ["depth_anything", "sam", "sam2", "segvol", "unet", "unet3d"]
+    tasks = {get_backbone(n).task for n in available_backbones()}
+    assert tasks == {"segmentation", "depth", "volume_segmentation"}
     with pytest.raises(
-        KeyError, match="unknown backbone 'vit'; expected one of: depth_anything, sam, sam2, unet"
+        KeyError,
+        match="unknown backbone 'vit'; expected one of: depth_anything, sam, sam2, segvol, unet, unet3d",
     ):
         get_backbone("vit")
 
@@ -32,6 +34,9 @@ def test_every_family_is_registered_with_a_task() -> None:
         ("depth-anything/Depth-Anything-V2-Metric-Indoor-Base-hf", "depth_anything"),
         ("/models/depth_anything_v2_vitl.pth", "depth_anything"),
         ("unet", "unet"),
+        ("segvol-mini", "segvol"),
+        ("/models/SegVol_v1.pth", "segvol"),
+        ("unet3d", "unet3d"),
     ],
 )
 def test_sources_are_claimed_by_their_family(source: str, name: str) -> None:
