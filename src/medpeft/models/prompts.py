@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -63,3 +64,26 @@ VOLUME_PROMPT_MODES = ("text", "text+box", "text+point", "text+box+point")
 
 def _move(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | None:
     return None if t is None else t.to(device)
+
+
+def point_and_box_tokens(
+    prompts: Prompts,
+    embed_points: Callable[..., torch.Tensor],
+    embed_boxes: Callable[[torch.Tensor], torch.Tensor],
+    not_a_point: torch.Tensor,
+) -> list[torch.Tensor]:
+    """The point tokens (positive when unlabelled; SAM's padding token when there is no box) and box
+    corner tokens (``not_a_point`` for a class without a box, so a batch keeps one layout) of every
+    class, by the segmenter's own prompt-encoder functions: SAM's, SAM2's and SegVol's alike."""
+    tokens: list[torch.Tensor] = []
+    if prompts.points is not None:
+        labels = prompts.point_labels
+        if labels is None:
+            labels = torch.ones(prompts.points.shape[:-1], dtype=torch.long, device=prompts.points.device)
+        tokens.append(embed_points(prompts.points.float(), labels, pad=prompts.boxes is None))
+    if prompts.boxes is not None:
+        corners = embed_boxes(prompts.boxes.float())
+        if prompts.box_valid is not None:
+            corners = torch.where(~prompts.box_valid.bool()[..., None, None], not_a_point, corners)
+        tokens.append(corners)
+    return tokens

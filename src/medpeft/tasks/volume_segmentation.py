@@ -8,19 +8,13 @@ window) is ``medpeft evaluate --volumes`` and ``medpeft predict``.
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from torch import nn
 from torch.utils.data import Dataset
 
 from medpeft.config import Config, ConfigError
 from medpeft.data.splits import load_split_file
 from medpeft.data.volume_dataset import VolumeCase, VolumeDataset, dataset_cases, source_cases, split_cases
-from medpeft.models.prompts import Prompts
-from medpeft.tasks.base import PredictionWriter, Splits, Task, register_task
-from medpeft.tasks.segmentation import sample_mode
-from medpeft.tasks.segmentation_loss import SegmentationLoss
+from medpeft.tasks.base import PredictionWriter, Splits, register_task
+from medpeft.tasks.segmentation import SegmentationTask
 
 
 def volume_splits(cfg: Config) -> Splits:
@@ -47,17 +41,11 @@ def volume_splits(cfg: Config) -> Splits:
 
 
 @register_task
-class VolumeSegmentationTask(Task):
-    """3D promptable segmentation on whole volumes (see the module doc)."""
+class VolumeSegmentationTask(SegmentationTask):
+    """3D promptable segmentation on whole volumes (see the module doc): the segmentation task's loss and
+    validation on volume items."""
 
     name = "volume_segmentation"
-    metric = "dice"
-    higher_is_better = True
-    terms = ("dice", "bce", "focal")
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.loss_fn = SegmentationLoss(cfg.loss)
 
     def roi(self) -> tuple[int, int, int]:
         from medpeft.backbones.registry import get_backbone
@@ -84,22 +72,10 @@ class VolumeSegmentationTask(Task):
             seed=c.train.seed,
         )
 
-    def loss(
-        self, model: nn.Module, batch: dict[str, Any], step: int, micro: int
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        mode = sample_mode(self.cfg.prompts.train_modes, self.cfg.train.seed, step, micro)
-        logits = model(batch["image"], Prompts.from_batch(batch, mode))
-        return self.loss_fn(logits, batch["masks"], batch.get("class_valid"))
-
-    def validate(self, model: nn.Module, dataset: Dataset) -> float:
-        from medpeft.tasks.segmentation_eval import validate
-
-        return validate(model, dataset, self.cfg.prompts.eval_mode, self.cfg.train.batch_size)
-
     def prediction_writer(self) -> PredictionWriter:
-        from medpeft.tasks.volume_predict import VolumeWriter
-
-        return VolumeWriter(self.cfg)
+        raise ConfigError(
+            "a 3D model predicts volumes: medpeft predict RUN volume.nii.gz (or a folder of them)"
+        )
 
     def describe(self, score: float) -> str:
         return f"validation Dice {score:.4f} (zoom-out view, {self.cfg.prompts.eval_mode} prompts)"

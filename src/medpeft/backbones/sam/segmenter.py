@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import SamModel
 
-from medpeft.models.prompts import Prompts
+from medpeft.models.prompts import Prompts, point_and_box_tokens
 
 _LAYER = r"vision_encoder\.layers\.\d+\."
 # peft-style target table: symbolic name -> regex (full match, under any prefix) of SamModel names.
@@ -68,19 +68,7 @@ class SamSegmenter(nn.Module):
         class_ids = prompts.class_ids
         if class_ids is None:
             class_ids = torch.arange(num_classes, device=self.device).expand(batch_size, -1)
-        tokens: list[torch.Tensor] = []
-        if prompts.points is not None:
-            labels = prompts.point_labels
-            if labels is None:
-                labels = torch.ones(prompts.points.shape[:-1], dtype=torch.long, device=prompts.points.device)
-            # SAM pads one "not a point" token when points come without a box.
-            tokens.append(pe._embed_points(prompts.points.float(), labels, pad=prompts.boxes is None))
-        if prompts.boxes is not None:
-            corners = pe._embed_boxes(prompts.boxes.float())
-            if prompts.box_valid is not None:
-                absent = ~prompts.box_valid.bool()[..., None, None]
-                corners = torch.where(absent, pe.not_a_point_embed.weight, corners)
-            tokens.append(corners)
+        tokens = point_and_box_tokens(prompts, pe._embed_points, pe._embed_boxes, pe.not_a_point_embed.weight)
         if self.class_prompt is not None:
             tokens.append(self.class_prompt(class_ids))
         if not tokens:

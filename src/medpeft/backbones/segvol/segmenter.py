@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpeft.models.prompts import Prompts
+from medpeft.models.prompts import Prompts, point_and_box_tokens
 
 from .model import SegVolModel
 
@@ -69,18 +69,7 @@ class SegVolSegmenter(nn.Module):
         class_ids = prompts.class_ids
         if class_ids is None:
             class_ids = torch.arange(classes, device=self.device).expand(batch, -1)
-        tokens: list[torch.Tensor] = []
-        if prompts.points is not None:
-            labels = prompts.point_labels
-            if labels is None:
-                labels = torch.ones(prompts.points.shape[:-1], dtype=torch.long, device=prompts.points.device)
-            tokens.append(pe.embed_points(prompts.points.float(), labels, pad=prompts.boxes is None))
-        if prompts.boxes is not None:
-            corners = pe.embed_boxes(prompts.boxes.float())
-            if prompts.box_valid is not None:
-                absent = ~prompts.box_valid.bool()[..., None, None]
-                corners = torch.where(absent, pe.not_a_point_embed.weight, corners)
-            tokens.append(corners)
+        tokens = point_and_box_tokens(prompts, pe.embed_points, pe.embed_boxes, pe.not_a_point_embed.weight)
         text = None
         if prompts.text and self.class_prompt is not None:
             text = self.class_prompt(class_ids)[:, :, 0]  # [B, C, w]

@@ -69,22 +69,14 @@ class UNetSegmenter(nn.Module):
 
 
 def load_unet(source: str, image_size: int = 256) -> tuple[UNetArchitecture, BaseIdentity]:
-    """The U-Net preset ``source`` (no pretrained U-Net exists: it trains from scratch)."""
-    if source not in PRESETS:
-        raise ValueError(f"unknown U-Net {source!r}; valid: {', '.join(PRESETS)}")
-    arch = UNetArchitecture(PRESETS[source], image_size)
+    """The U-Net preset ``source``, 2D or 3D by name (no pretrained U-Net exists: it trains from scratch)."""
+    volume = source in PRESETS_3D
+    presets = PRESETS_3D if volume else PRESETS
+    if source not in presets:
+        raise ValueError(f"unknown U-Net {source!r}; valid: {', '.join([*PRESETS, *PRESETS_3D])}")
+    arch = UNetArchitecture(presets[source], image_size, spatial_dims=3 if volume else 2)
     check_multiple(image_size, 2 ** (len(arch.channels) - 1), "this U-Net")
-    identity = BaseIdentity.of(arch, source, "preset", image_size, "unet")
-    return arch, identity
-
-
-def load_unet3d(source: str, image_size: int = 64) -> tuple[UNetArchitecture, BaseIdentity]:
-    """The 3D U-Net preset ``source`` (trains from scratch on volumes)."""
-    if source not in PRESETS_3D:
-        raise ValueError(f"unknown 3D U-Net {source!r}; valid: {', '.join(PRESETS_3D)}")
-    arch = UNetArchitecture(PRESETS_3D[source], image_size, spatial_dims=3)
-    check_multiple(image_size, 2 ** (len(arch.channels) - 1), "this U-Net")
-    return arch, BaseIdentity.of(arch, source, "preset", image_size, "unet3d")
+    return arch, BaseIdentity.of(arch, source, "preset", image_size, "unet3d" if volume else "unet")
 
 
 def _wrap(
@@ -111,7 +103,7 @@ UNET3D = register_backbone(
     Backbone(
         name="unet3d",
         task="volume_segmentation",
-        load=load_unet3d,
+        load=load_unet,
         wrap=_wrap,
         check_size=lambda size: check_multiple(size, 16, "the 3D U-Net"),
         claims=lambda source: source in PRESETS_3D,
@@ -123,4 +115,4 @@ UNET3D = register_backbone(
     )
 )
 
-__all__ = ["UNET", "UNET3D", "UNetSegmenter", "load_unet", "load_unet3d"]
+__all__ = ["UNET", "UNET3D", "UNetSegmenter", "load_unet"]
