@@ -43,7 +43,9 @@ def subjects(name: str, n_train: int, n_test: int, seed: int) -> tuple[list, lis
     return train[:n_train], test[:n_test], table
 
 
-def run(name: str, args: argparse.Namespace, cases: tuple[list, list, dict[int, str]] | None = None) -> dict[str, Any]:
+def run(
+    name: str, args: argparse.Namespace, cases: tuple[list, list, dict[int, str]] | None = None
+) -> dict[str, Any]:
     """The 2D route on ``name``: its subjects (or ``cases``: train cases, test cases, label table)."""
     import torch
 
@@ -56,7 +58,9 @@ def run(name: str, args: argparse.Namespace, cases: tuple[list, list, dict[int, 
 
     torch.set_num_threads(args.threads)
     work = args.work / name
-    train_cases, test_cases, table = cases or subjects(name, args.train_subjects, args.test_subjects, args.seed)
+    train_cases, test_cases, table = cases or subjects(
+        name, args.train_subjects, args.test_subjects, args.seed
+    )
     slices = work / ("slices" if cases is None else "slices-given")
     if not (slices / "labels.json").is_file():
         for image, label in train_cases:
@@ -131,8 +135,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", type=Path, default=Path("runs/bench_volumetric"))
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--part", type=int, choices=(1, 2), default=1, help="2: the 3D foundation (volumetric_3d.py)")
+    p.add_argument(
+        "--part", type=int, choices=(1, 2), default=1, help="2: the 3D foundation (volumetric_3d.py)"
+    )
     p.add_argument("--foundation", type=Path, default=Path("runs/foundation_segvol_mini/base"))
+    p.add_argument("--jobs", type=int, default=1, help="part 2: datasets in parallel worker processes")
+    p.add_argument("--no-large", action="store_true", help="part 2: skip zoom vs sliding on BRATS")
     args = p.parse_args(argv)
     if args.part == 2:
         import volumetric_3d

@@ -10,7 +10,7 @@ here (``configs/foundation_segvol_mini.yaml``, merged into a folder) adapted to 
    SO(3)-steerable side-tuned patch embedding (the reproduction study's adapter).
 
     python benchmarks/volumetric.py --part 2 --foundation runs/foundation_segvol_mini/base \\
-        --out docs/volumetric_3d.json
+        --jobs 2 --threads 1 --out docs/volumetric_3d.json
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def held_out(name: str, n_adapt: int, n_test: int) -> tuple[list[str], list[str]
     test = [c for c in volume_splits(cfg).test if c.image.resolve().is_relative_to((SHARED / name).resolve())]
     subjects = list(dict.fromkeys(c.subject for c in test))
     adapt, scored = subjects[:n_adapt], subjects[n_adapt : n_adapt + n_test]
-    return [c.image.name for c in test if c.subject in adapt], [c.image.name for c in test if c.subject in scored]
+    return [c.image.name for c in test if c.subject in adapt], [
+        c.image.name for c in test if c.subject in scored
+    ]
 
 
 def _config(base: str, adapters: list[dict[str, Any]], root: Path, split_file: Path, out: Path, args) -> Any:
@@ -167,8 +169,11 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         )
         print(json.dumps(rows[-1]), flush=True)
     adapt_cases = [c for c in cases if c[0].name in set(adapt)]
-    two_d = run_2d(name, argparse.Namespace(**{**vars(args), "train_subjects": len(adapt_cases)}),
-                   cases=(adapt_cases, test_cases, table))
+    two_d = run_2d(
+        name,
+        argparse.Namespace(**{**vars(args), "train_subjects": len(adapt_cases)}),
+        cases=(adapt_cases, test_cases, table),
+    )
     rows.append(
         {
             "dataset": name,
@@ -183,7 +188,9 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     inference = []
     for mode in ("zoom", "sliding", "resize"):
-        summary = _score(models["lora"], test_cases, table, work / f"infer-{mode}", inference=mode, prompt_modes=["text"])
+        summary = _score(
+            models["lora"], test_cases, table, work / f"infer-{mode}", inference=mode, prompt_modes=["text"]
+        )
         inference.append(
             {
                 "dataset": name,
@@ -207,17 +214,27 @@ def run_large(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Zoom vs sliding on large volumes the foundation never saw: the BRATS test subjects (240x240x155)."""
     import glob
 
-    cfg = _config(str(args.foundation), [{"name": "decoder"}], SHARED / "msd-hippocampus", args.work / "none.json",
-                  args.work / "brats", args)
+    cfg = _config(
+        str(args.foundation),
+        [{"name": "decoder"}],
+        SHARED / "msd-hippocampus",
+        args.work / "none.json",
+        args.work / "brats",
+        args,
+    )
     from medpeft.engine.build import build_model
 
     model, _ = build_model(cfg, ["brain_tumour"])
-    cases = [(Path(p), Path(p).parent / "OTMultiClass.nii.gz")
-             for p in sorted(glob.glob(str(SHARED / "brats2015-sample/test/*/Flair_subtrMeanDivStd.nii.gz")))]
+    cases = [
+        (Path(p), Path(p).parent / "OTMultiClass.nii.gz")
+        for p in sorted(glob.glob(str(SHARED / "brats2015-sample/test/*/Flair_subtrMeanDivStd.nii.gz")))
+    ]
     table = {v: "brain_tumour" for v in (1, 2, 3, 4)}  # every tumour region is the tumour
     rows = []
     for mode in ("zoom", "sliding"):
-        summary = _score(model, cases, table, args.work / f"brats-{mode}", inference=mode, prompt_modes=["text"])
+        summary = _score(
+            model, cases, table, args.work / f"brats-{mode}", inference=mode, prompt_modes=["text"]
+        )
         rows.append(
             {
                 "dataset": "brats2015 test (zero-shot)",
@@ -250,13 +267,60 @@ def format_tables(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['dataset']} | {r['inference']} | {f(r['dice'])} | {f(r['seconds_per_case'], '.2f')} | {f(r['peak_mib'], '.0f')} |"
         )
-    lines += ["", "| dataset | method | Dice | Dice rotated | drop | trainable |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| dataset | method | Dice | Dice rotated | drop | trainable |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in result["rotation"]:
         lines.append(
             f"| {r['dataset']} | {r['method']} | {f(r['dice'])} | {f(r['dice_rotated'])} | {f(r['drop'], '+.3f')} | "
             f"{100 * r['trainable_share']:.2f}% |"
         )
     return "\n".join(lines)
+
+
+def _parallel(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One worker process per dataset (``--jobs``), each on ``--threads`` threads; their JSON read back."""
+    import subprocess
+    import sys
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for name in args.datasets:
+        out = args.work / f"part-{name}.json"
+        cmd = [
+            sys.executable,
+            __file__.replace("volumetric_3d.py", "volumetric.py"),
+            "--part",
+            "2",
+            "--no-large",
+            "--datasets",
+            name,
+            "--foundation",
+            str(args.foundation),
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+            "--seed",
+            str(args.seed),
+            "--work",
+            str(args.work),
+            "--out",
+            str(out),
+        ]
+        log = (args.work / f"part-{name}.log").open("w")
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), out))
+    parts = []
+    for proc, out in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"worker for {out.name} failed; see {out.with_suffix('.log')}")
+        data = json.loads(out.read_text())
+        parts.append(
+            {"adaptation": data["rows"], "inference": data["inference"], "rotation": data["rotation"]}
+        )
+    return parts
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -268,11 +332,22 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "merge it (medpeft merge runs/foundation_segvol_mini runs/foundation_segvol_mini/base)"
         )
     result: dict[str, Any] = {"adaptation": [], "inference": [], "rotation": []}
-    for name in args.datasets:
-        part = run_dataset(name, args)
+    parts = (
+        _parallel(args)
+        if args.jobs > 1 and len(args.datasets) > 1
+        else [run_dataset(n, args) for n in args.datasets]
+    )
+    for part in parts:
         for key in result:
             result[key] += part[key]
-    result["inference"] += run_large(args)
+    if not args.no_large:
+        result["inference"] += run_large(args)
     table = format_tables(result)
     settings = {k: str(v) for k, v in vars(args).items()}
-    return report(result["adaptation"], table, args.out, settings=settings, **{k: result[k] for k in ("inference", "rotation")})
+    return report(
+        result["adaptation"],
+        table,
+        args.out,
+        settings=settings,
+        **{k: result[k] for k in ("inference", "rotation")},
+    )
