@@ -57,7 +57,9 @@ def test_shipped_configs_parse(path: Path) -> None:
     cfg = load_config(path)
     from medpeft.tasks.base import TASK_NAMES
 
-    assert cfg.model.backbone in ("sam", "sam2", "depth_anything", "unet", "segvol") and cfg.task in TASK_NAMES
+    assert (
+        cfg.model.backbone in ("sam", "sam2", "depth_anything", "unet", "segvol") and cfg.task in TASK_NAMES
+    )
 
 
 def test_depth_guided_config_errors_name_the_key() -> None:

@@ -228,3 +228,27 @@ def test_steerable_side_tuning_starts_at_the_frozen_model() -> None:
     assert set(b.method_params) == {"steerable", "lora"}
     radial = b.segvol.image_encoder.patch_embedding.patch_embeddings.radial
     assert b.method_params["steerable"] == radial.weight.numel() + radial.bias.numel() + (32 + 8) * 32 + 32
+
+
+def test_svd_reaches_the_conv3d_patch_embedding_and_merges_exactly(tmp_path) -> None:
+    from medpeft.adapters.svd import SVDConv
+    from medpeft.engine.build import merge_methods
+
+    cfg = parse_config(
+        {
+            "model": {"base": "segvol-tiny", "image_size": 32},
+            "adapters": [{"name": "svd", "include_patch_embed": True}],
+        }
+    )
+    model, _ = build_model(cfg, ["a", "b"])
+    patch = model.segvol.image_encoder.patch_embedding.patch_embeddings
+    assert isinstance(patch, SVDConv) and patch.scale.requires_grad and patch.scale.numel() == TINY.width
+    with torch.no_grad():
+        for p in (p for p in model.parameters() if p.requires_grad):
+            p.add_(0.05 * torch.randn_like(p))
+        volumes, prompts = torch.randn(1, 1, *TINY.roi), _prompts(False, True, False)
+        prompts = Prompts(boxes=prompts.boxes[:1], box_valid=prompts.box_valid[:1], text=False)
+        before = model(volumes, prompts)
+        merge_methods(model, cfg)
+        assert isinstance(model.segvol.image_encoder.patch_embedding.patch_embeddings, torch.nn.Conv3d)
+        torch.testing.assert_close(model(volumes, prompts), before, atol=1e-5, rtol=1e-5)
