@@ -67,3 +67,12 @@ def test_every_window_knows_where_it_lies() -> None:
     assert torch.equal(logits[0, 0] > 0, expected)
     zoomed = zoom_out_zoom_in(draw, volume, (8, 16, 16), margin=0.1)
     assert torch.equal(zoomed.logits[0, 0] > 0, expected)
+
+
+def test_a_stray_false_positive_does_not_widen_the_region() -> None:
+    volume = _volume()
+    volume[..., 52:60, 2:12, 2:12] = 1.0  # a smaller blob far from the object, found by the coarse pass too
+    result = zoom_out_zoom_in(_predictor([]), volume, (16, 32, 32), margin=0.25)
+    z0, y0, x0, z1, y1, x1 = result.roi
+    assert (z0, y0, x0, z1, y1, x1) == (16, 24, 44, 40, 60, 76)  # the object's region only (with the
+    # blob it would span (4, 0, 0, 64, 77, 96))

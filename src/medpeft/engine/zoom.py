@@ -2,7 +2,8 @@
 with; both through MONAI's ``sliding_window_inference`` (Gaussian weighting, overlap).
 
 Zoom out: the whole volume resized to the model's input, predicted once, upsampled. Region of interest:
-the box of the coarse prediction (or of a given prompt box), grown by a margin. Zoom in: a sliding window
+the box of the coarse prediction's largest connected component per class (or of a given prompt box),
+grown by a margin. Zoom in: a sliding window
 at full resolution inside that region only; outside it the coarse prediction stands.
 
 A predictor gets each input with its :class:`Frame` (where the input lies in the full volume), so that
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -94,6 +96,21 @@ def region_of_interest(mask: torch.Tensor, margin: float, minimum: tuple[int, in
     return (box[0][0], box[1][0], box[2][0], box[0][1], box[1][1], box[2][1])
 
 
+def largest_components(masks: torch.Tensor) -> torch.Tensor:
+    """``[K, D, H, W]`` -> ``[D, H, W]``: the union over classes of each class's largest connected
+    component (26-connected), so scattered false positives of the coarse pass do not widen the region.
+    On scipy's labelling: MONAI's ``KeepLargestConnectedComponent`` needs scikit-image, not a dependency."""
+    from scipy import ndimage
+
+    out = torch.zeros(masks.shape[1:], dtype=torch.bool)
+    for mask in masks.cpu().numpy():
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        if n:
+            sizes = np.bincount(labels.ravel())[1:]
+            out |= torch.from_numpy(labels == 1 + int(sizes.argmax()))
+    return out
+
+
 def zoom_out(predictor: Predictor, volume: torch.Tensor, roi_size: tuple[int, int, int]) -> torch.Tensor:
     """The whole volume resized to the input, predicted once, logits upsampled to the volume."""
     full = tuple(int(s) for s in volume.shape[2:])
@@ -117,7 +134,7 @@ def zoom_out_zoom_in(
     full = tuple(int(s) for s in volume.shape[2:])
     logits = zoom_out(predictor, volume, roi_size)
     if box is None:
-        found = (torch.sigmoid(logits[0]) > threshold).any(0)
+        found = largest_components(torch.sigmoid(logits[0]) > threshold)
         roi = region_of_interest(found, margin, roi_size)
     else:
         marker = torch.zeros(full, dtype=torch.bool)
