@@ -141,6 +141,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--foundation", type=Path, default=Path("runs/foundation_segvol_mini/base"))
     p.add_argument("--jobs", type=int, default=1, help="part 2: datasets in parallel worker processes")
     p.add_argument("--no-large", action="store_true", help="part 2: skip zoom vs sliding on BRATS")
+    p.add_argument(
+        "--inference-only", action="store_true", help="part 2: redo the inference comparison of --out"
+    )
     args = p.parse_args(argv)
     if args.part == 2:
         import volumetric_3d

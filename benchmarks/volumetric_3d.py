@@ -102,7 +102,7 @@ def _adapt(cfg: Any) -> tuple[Any, dict[str, Any]]:
 
         labels = make_task(cfg).splits().label_names
         model, _ = build_model(cfg, labels)
-        built = model
+        built = model.requires_grad_(False)  # zero-shot: nothing trains
     trainable, total = trainable_share(built)
     return model, {
         "train_seconds": time.perf_counter() - t0,
@@ -186,20 +186,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
             "hd95_text": two_d["mean"]["hd95"],
         }
     )
-    inference = []
-    for mode in ("zoom", "sliding", "resize"):
-        summary = _score(
-            models["lora"], test_cases, table, work / f"infer-{mode}", inference=mode, prompt_modes=["text"]
-        )
-        inference.append(
-            {
-                "dataset": name,
-                "inference": mode,
-                "dice": summary["mean"]["dice"],
-                "seconds_per_case": summary["prompts"]["text"]["seconds_per_case"],
-                "peak_mib": summary["peak_mib"],
-            }
-        )
+    inference = compare_inference(models["lora"], name, test_cases, table, work)
     rotation = []
     for method, adapters in ROTATION_METHODS.items():
         cfg = _config(str(args.foundation), adapters, SHARED / name, split_file, work / method, args)
@@ -208,6 +195,47 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         rotation.append({"dataset": name, "method": method, **figures, **summary["rotation"]["mean"]})
         print(json.dumps(rotation[-1]), flush=True)
     return {"adaptation": rows, "inference": inference, "rotation": rotation}
+
+
+def compare_inference(
+    model: Any, name: str, cases: list, table: dict[int, str], work: Path
+) -> list[dict[str, Any]]:
+    """Zoom-out-zoom-in, sliding window and resize on the same cases: Dice, seconds and peak memory."""
+    rows = []
+    for mode in ("zoom", "sliding", "resize"):
+        summary = _score(model, cases, table, work / f"infer-{mode}", inference=mode, prompt_modes=["text"])
+        rows.append(
+            {
+                "dataset": name,
+                "inference": mode,
+                "dice": summary["mean"]["dice"],
+                "seconds_per_case": summary["prompts"]["text"]["seconds_per_case"],
+                "peak_mib": summary["peak_mib"],
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def refresh_inference(args: argparse.Namespace) -> dict[str, Any]:
+    """``--inference-only``: redo the inference comparison of an earlier run (its LoRA models and test
+    subjects under ``--work``) and rewrite ``--out``'s inference rows and table."""
+    from medpeft.data.volume_io import read_volume_dataset
+    from medpeft.engine.restore import load_trained
+
+    result = json.loads(args.out.read_text())
+    rows = []
+    for name in args.datasets:
+        work = args.work / name
+        test = set(json.loads((work / "split.json").read_text())["test"])
+        cases, table = read_volume_dataset(SHARED / name)
+        model, _, _ = load_trained(work / "lora")
+        rows += compare_inference(model, name, [c for c in cases if c[0].name in test], table, work)
+    result["inference"] = rows + run_large(args)
+    result["table"] = format_tables({"adaptation": result["rows"], **result})
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(result["table"])
+    return result
 
 
 def run_large(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -326,6 +354,8 @@ def _parallel(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from machine import report
 
+    if args.inference_only:
+        return refresh_inference(args)
     if not (Path(args.foundation) / "segvol_config.json").is_file():
         raise SystemExit(
             f"--foundation {args.foundation}: no SegVol folder; train configs/foundation_segvol_mini.yaml and "
