@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument(
         "--inference-only", action="store_true", help="part 2: redo the inference comparison of --out"
     )
+    p.add_argument(
+        "--rotation-augmented", action="store_true", help="part 2: add rotation-trained rows to --out"
+    )
     args = p.parse_args(argv)
     if args.part == 2:
         import volumetric_3d

@@ -128,7 +128,6 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from volumetric import run as run_2d
 
     from medpeft.data.volume_io import read_volume_dataset
-    from medpeft.engine.volumes import DEFAULT_ROTATION
 
     torch.set_num_threads(args.threads)
     work = args.work / name
@@ -187,13 +186,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         }
     )
     inference = compare_inference(models["lora"], name, test_cases, table, work)
-    rotation = []
-    for method, adapters in ROTATION_METHODS.items():
-        cfg = _config(str(args.foundation), adapters, SHARED / name, split_file, work / method, args)
-        model, figures = _adapt(cfg)
-        summary = _score(model, test_cases, table, work / method / "eval", rotation=DEFAULT_ROTATION)
-        rotation.append({"dataset": name, "method": method, **figures, **summary["rotation"]["mean"]})
-        print(json.dumps(rotation[-1]), flush=True)
+    rotation = rotation_rows(name, args, augment=False) + rotation_rows(name, args, augment=True)
     return {"adaptation": rows, "inference": inference, "rotation": rotation}
 
 
@@ -232,6 +225,48 @@ def refresh_inference(args: argparse.Namespace) -> dict[str, Any]:
         model, _, _ = load_trained(work / "lora")
         rows += compare_inference(model, name, [c for c in cases if c[0].name in test], table, work)
     result["inference"] = rows + run_large(args)
+    result["table"] = format_tables({"adaptation": result["rows"], **result})
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(result["table"])
+    return result
+
+
+def rotation_rows(name: str, args: argparse.Namespace, augment: bool) -> list[dict[str, Any]]:
+    """Plain vs steerable side-tuned LoRA, scored on original and rotated test volumes; with ``augment``
+    trained on volumes turned up to 45 degrees (half of the items) as well."""
+    from medpeft.data.volume_io import read_volume_dataset
+    from medpeft.engine.volumes import DEFAULT_ROTATION
+
+    work = args.work / name
+    split_file = work / "split.json"
+    test = set(json.loads(split_file.read_text())["test"])
+    cases, table = read_volume_dataset(SHARED / name)
+    test_cases = [c for c in cases if c[0].name in test]
+    rows = []
+    for method, adapters in ROTATION_METHODS.items():
+        label = f"{method} + rotated training" if augment else method
+        cfg = _config(
+            str(args.foundation), adapters, SHARED / name, split_file, work / label.replace(" ", "_"), args
+        )
+        if augment:
+            cfg.data.augment.__dict__.update(rotate_p=0.5, rotate_max_deg=45.0)
+        model, figures = _adapt(cfg)
+        summary = _score(
+            model, test_cases, table, work / label.replace(" ", "_") / "eval", rotation=DEFAULT_ROTATION
+        )
+        rows.append({"dataset": name, "method": label, **figures, **summary["rotation"]["mean"]})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def refresh_rotation(args: argparse.Namespace) -> dict[str, Any]:
+    """``--rotation-augmented``: add the rotation rows trained on rotated volumes to ``--out``."""
+    result = json.loads(args.out.read_text())
+    for name in args.datasets:
+        result["rotation"] = [
+            r for r in result["rotation"] if not (r["dataset"] == name and "rotated" in r["method"])
+        ]
+        result["rotation"] += rotation_rows(name, args, augment=True)
     result["table"] = format_tables({"adaptation": result["rows"], **result})
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(result["table"])
@@ -356,6 +391,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.inference_only:
         return refresh_inference(args)
+    if args.rotation_augmented:
+        return refresh_rotation(args)
     if not (Path(args.foundation) / "segvol_config.json").is_file():
         raise SystemExit(
             f"--foundation {args.foundation}: no SegVol folder; train configs/foundation_segvol_mini.yaml and "

@@ -71,6 +71,20 @@ def test_items_carry_every_class_with_3d_prompts(synthetic) -> None:
     assert wide["image"][0, :, :8].abs().sum() == 0 and wide["image"][0, :, :, :4].abs().sum() == 0  # padded
 
 
+def test_rotation_augmentation_turns_volume_and_labels_together(synthetic) -> None:
+    cases, labels = dataset_cases(synthetic)
+    plain = VolumeDataset(cases, labels, (8, 32, 32), train=True, zoom_in=0.0)[0]
+    turned = VolumeDataset(
+        cases, labels, (8, 32, 32), train=True, zoom_in=0.0, rotate_p=1.0, rotate_max_deg=45
+    )[0]
+    assert not torch.equal(plain["image"], turned["image"]) and not torch.equal(
+        plain["masks"], turned["masks"]
+    )
+    bright = turned["image"][0] > 0.6  # the ball is the bright object: its voxels moved with the image
+    ball = turned["masks"][0] > 0.5
+    assert (bright & ball).sum() > 0.7 * ball.sum()
+
+
 def _config(tmp_path, synthetic, **extra) -> dict:
     cfg = {
         "model": {"base": "segvol-tiny", "image_size": 32},

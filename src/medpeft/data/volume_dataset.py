@@ -140,8 +140,11 @@ class VolumeDataset(Dataset):
         n_neg_points: int = 0,
         classes_per_image: int | None = None,
         seed: int = 0,
+        rotate_p: float = 0.0,
+        rotate_max_deg: float = 0.0,
     ) -> None:
         self.cases, self.label_names, self.roi = list(cases), list(label_names), tuple(roi)
+        self.rotate_p, self.rotate_max_deg = rotate_p, rotate_max_deg
         self.train, self.zoom_in, self.box_jitter = train, zoom_in, box_jitter
         self.n_pos, self.n_neg, self.k, self.seed = n_pos_points, n_neg_points, classes_per_image, seed
         self.epoch = 0
@@ -165,6 +168,17 @@ class VolumeDataset(Dataset):
             self._cache[index] = load_case(self.cases[index])
         return self._cache[index]
 
+    def rotated(
+        self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The volume and labels turned about their centre (MONAI ``Rotate``; nearest for labels): up to
+        ``rotate_max_deg`` about the longitudinal axis (axis 0 here) and a tenth of it about the others."""
+        from medpeft.engine.volumes import rotate_volume
+
+        limit = np.radians(self.rotate_max_deg)
+        angles = tuple(float(a) for a in rng.uniform(-1, 1, 3) * np.array([limit, limit / 10, limit / 10]))
+        return rotate_volume(image, angles), rotate_volume(label, angles, label=True)
+
     def class_masks(self, case: VolumeCase, label: np.ndarray) -> np.ndarray:
         """``[num_classes, D, H, W]`` bool; rows of labels the case is not annotated for stay empty."""
         masks = np.zeros((self.num_classes, *label.shape), bool)
@@ -178,6 +192,8 @@ class VolumeDataset(Dataset):
         if label is None:
             raise DataError(f"{case.image}: no label map to train or score on")
         rng = np.random.default_rng((self.seed, index, self.epoch if self.train else 0))
+        if self.train and self.rotate_p and rng.random() < self.rotate_p:
+            image, label = self.rotated(image, label, rng)
         masks = self.class_masks(case, label)
         annotated = np.array([n in case.annotated for n in self.label_names])
         image_t, masks_t = torch.from_numpy(image)[None], torch.from_numpy(masks)

@@ -70,6 +70,8 @@ class VolumeSegmentationTask(SegmentationTask):
             n_neg_points=c.prompts.n_neg_points,
             classes_per_image=c.data.classes_per_image,
             seed=c.train.seed,
+            rotate_p=c.data.augment.rotate_p,
+            rotate_max_deg=c.data.augment.rotate_max_deg,
         )
 
     def prediction_writer(self) -> PredictionWriter:
