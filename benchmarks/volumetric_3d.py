@@ -191,11 +191,16 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def compare_inference(
-    model: Any, name: str, cases: list, table: dict[int, str], work: Path
+    model: Any,
+    name: str,
+    cases: list,
+    table: dict[int, str],
+    work: Path,
+    modes: tuple[str, ...] = ("zoom", "sliding", "resize"),
 ) -> list[dict[str, Any]]:
     """Zoom-out-zoom-in, sliding window and resize on the same cases: Dice, seconds and peak memory."""
     rows = []
-    for mode in ("zoom", "sliding", "resize"):
+    for mode in modes:
         summary = _score(model, cases, table, work / f"infer-{mode}", inference=mode, prompt_modes=["text"])
         rows.append(
             {
@@ -293,22 +298,9 @@ def run_large(args: argparse.Namespace) -> list[dict[str, Any]]:
         for p in sorted(glob.glob(str(SHARED / "brats2015-sample/test/*/Flair_subtrMeanDivStd.nii.gz")))
     ]
     table = {v: "brain_tumour" for v in (1, 2, 3, 4)}  # every tumour region is the tumour
-    rows = []
-    for mode in ("zoom", "sliding"):
-        summary = _score(
-            model, cases, table, args.work / f"brats-{mode}", inference=mode, prompt_modes=["text"]
-        )
-        rows.append(
-            {
-                "dataset": "brats2015 test (zero-shot)",
-                "inference": mode,
-                "dice": summary["mean"]["dice"],
-                "seconds_per_case": summary["prompts"]["text"]["seconds_per_case"],
-                "peak_mib": summary["peak_mib"],
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+    return compare_inference(
+        model, "brats2015 test (zero-shot)", cases, table, args.work / "brats", ("zoom", "sliding")
+    )
 
 
 def format_tables(result: dict[str, Any]) -> str:

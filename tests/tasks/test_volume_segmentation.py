@@ -181,6 +181,20 @@ def test_predict_writes_label_maps_on_the_input_grid(trained, synthetic, tmp_pat
         and entry["prompt_mode"] == "text"
         and entry["inference"] == "zoom"
     )
+    # a box prompt (voxels of the file): only the prompted label is predicted, text is off
+    truth = np.asarray(nib.load(str(synthetic / "labelsTr" / "synthetic_000.nii.gz")).dataobj) == 1
+    lo, hi = np.argwhere(truth).min(0), np.argwhere(truth).max(0)
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(
+        json.dumps({"synthetic_000.nii.gz": {"boxes": {"ball": [*lo.tolist(), *hi.tolist()]}}})
+    )
+    boxed = RUNNER.invoke(
+        app,
+        ["predict", str(trained), str(volume), "--out", str(tmp_path / "boxed"), "--prompts", str(prompts)],
+    )
+    assert boxed.exit_code == 0, boxed.output
+    entry = json.loads((tmp_path / "boxed" / "predictions.json").read_text())["volumes"][0]
+    assert entry["prompt_mode"] == "boxes" and entry["voxels"]["block"] == 0
     images = tmp_path / "pngs"
     images.mkdir()
     bad = RUNNER.invoke(app, ["predict", str(trained), str(images), "--out", str(tmp_path / "x")])
