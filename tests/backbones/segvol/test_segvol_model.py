@@ -158,7 +158,7 @@ def tiny_clip(tmp_path_factory) -> tuple[str, dict[str, torch.Tensor]]:
     return str(path), CLIPTextModel.from_pretrained(path).state_dict()
 
 
-def test_released_checkpoint_converts_and_loads_strictly(tiny_clip) -> None:
+def test_released_checkpoint_converts_and_loads_strictly(tiny_clip, tmp_path) -> None:
     clip_dir, clip = tiny_clip
     checkpoint, vit = _released_layout(TINY, clip)
     state, text = convert_segvol_state_dict(checkpoint, TINY)
@@ -183,6 +183,20 @@ def test_released_checkpoint_converts_and_loads_strictly(tiny_clip) -> None:
     assert torch.equal(
         encoder.model.embeddings.token_embedding.weight, clip["embeddings.token_embedding.weight"]
     )
+    # the file route: a .pth as released (torch.save of {"model": ..., "epoch": ...}), read tensor-only
+    from medpeft.backbones.segvol import _from_release
+
+    path = tmp_path / "SegVol_v1.pth"
+    torch.save(checkpoint, path)
+    loaded = _from_release(path, TINY)
+    assert torch.equal(
+        loaded.image_encoder.patch_embedding.patch_embeddings.weight,
+        state["image_encoder.patch_embedding.patch_embeddings.weight"],
+    )
+    assert set(loaded.released_text) == set(text)
+    torch.save({"model": {"module.image_encoder.norm.weight": torch.ones(2)}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not a released SegVol checkpoint"):
+        _from_release(tmp_path / "other.pth", TINY)
     bad = dict(checkpoint["model"], **{"module.mask_decoder.unknown.weight": torch.zeros(1)})
     with pytest.raises(ValueError, match="unrecognised SegVol checkpoint keys"):
         convert_segvol_state_dict({"model": bad}, TINY)

@@ -86,13 +86,14 @@ def _from_folder(path: Path) -> SegVolModel:
     return model
 
 
-def _from_release(path: Path) -> SegVolModel:
-    """The released checkpoint at the published size; its text tower is kept as ``released_text``."""
+def _from_release(path: Path, config: SegVolConfig | None = None) -> SegVolModel:
+    """The released checkpoint (``config``: the published size); its text tower is kept as
+    ``released_text``."""
     checkpoint = read_torch_checkpoint(path)
     inner = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else checkpoint
     if not isinstance(inner, dict) or not is_released_segvol(inner):
         raise ValueError(f"{path}: not a released SegVol checkpoint (no perceptron patch embedding)")
-    config = SegVolConfig()
+    config = config or SegVolConfig()
     state, text = convert_segvol_state_dict(checkpoint, config)
     model = SegVolModel(config)
     try:
