@@ -143,7 +143,9 @@ def evaluate(
     ] = 2,
     window: Annotated[
         str | None,
-        typer.Option(help="CT window preset for volumes (abdomen, lung, bone, brain); default: percentiles"),
+        typer.Option(
+            help="CT window preset for volumes (abdomen, lung, bone, brain); default: percentiles (3D models: their data.window)"
+        ),
     ] = None,
     rotate: Annotated[
         bool, typer.Option(help="Also score every volume rotated (with its labels) and report the Dice drop")
@@ -261,6 +263,8 @@ def _evaluate_volumes(
         _fail(f"--volumes scores segmentation models; {checkpoint} is a {cfg.task} checkpoint")
     if cfg.task == "segmentation" and modes is not None:
         _fail(f"--prompt {','.join(modes)}: a 2D model is scored on volumes in automatic mode")
+    if window is None and cfg.task == "volume_segmentation":
+        window = cfg.data.window  # the intensity map the 3D model was trained with
     cases, table = read_volume_dataset(root, split, **(layout or {}))
     out = out or Path(cfg.train.output_dir) / f"eval-volumes-{root.name}"
     summary = evaluate_volumes(
@@ -377,6 +381,8 @@ def _predict_volumes(
 
     if cfg.task not in ("segmentation", "volume_segmentation"):
         _fail(f"volume inputs need a segmentation model; this is a {cfg.task} checkpoint")
+    if window is None and cfg.task == "volume_segmentation":
+        window = cfg.data.window  # the intensity map the 3D model was trained with
     boxes = read_volume_prompts(prompts, volumes, list(model.label_names)) if prompts is not None else {}
     clear_output(check_output_dir(out, overwrite, volumes))
     out.mkdir(parents=True, exist_ok=True)
@@ -452,7 +458,10 @@ def predict(
     ] = None,
     axis: Annotated[int, typer.Option(help="Slice axis for volume inputs (RAS: 2 axial)")] = 2,
     window: Annotated[
-        str | None, typer.Option(help="CT window preset for volume inputs; default: percentiles")
+        str | None,
+        typer.Option(
+            help="CT window preset for volume inputs; default: percentiles (3D models: their data.window)"
+        ),
     ] = None,
     inference: InferenceOpt = "zoom",
 ) -> None:
