@@ -350,69 +350,31 @@ def _rotation(rotate: bool, angles: str | None) -> tuple[float, float, float] | 
     return (values[0], values[1], values[2])
 
 
-def _volume_inputs(inputs: Path) -> list[Path]:
-    """NIfTI volumes given as a file or a folder of them (empty: the inputs are 2D images)."""
-    from medpeft.data.volume_io import VOLUME_SUFFIXES
-
-    if inputs.is_file():
-        return [inputs] if inputs.name.lower().endswith(VOLUME_SUFFIXES) else []
-    if inputs.is_dir():
-        return sorted(p for p in inputs.iterdir() if p.name.lower().endswith(VOLUME_SUFFIXES))
-    return []
-
-
-def _predict_volumes(
-    model,
-    cfg,
-    volumes: list[Path],
-    out: Path,
-    overwrite: bool,
-    axis: int,
-    window: str | None,
-    prompts: Path | None = None,
-    inference: str = "zoom",
-) -> None:
-    """``medpeft predict`` on NIfTI volumes (a 2D model slice by slice, a 3D model by ``inference``): NIfTI
-    label maps on the inputs' grids."""
+def _volume_predictor(model, cfg, volumes: list[Path], out: Path, axis: int, window, prompts, inference: str):
+    """``predict_volume_file`` for each volume of a batch (a 2D model slice by slice, a 3D model by
+    ``inference``), its prompts read and checked first."""
     from medpeft.data.volume_io import read_volume_prompts
-    from medpeft.engine.checkpoint import atomic_write_json
-    from medpeft.engine.predict import OUTPUT_FORMAT, check_output_dir, clear_output
     from medpeft.engine.volumes import predict_volume_file
 
-    if cfg.task not in ("segmentation", "volume_segmentation"):
-        _fail(f"volume inputs need a segmentation model; this is a {cfg.task} checkpoint")
+    boxes = read_volume_prompts(prompts, volumes, list(model.label_names)) if prompts is not None else {}
     if window is None and cfg.task == "volume_segmentation":
         window = cfg.data.window  # the intensity map the 3D model was trained with
-    boxes = read_volume_prompts(prompts, volumes, list(model.label_names)) if prompts is not None else {}
-    clear_output(check_output_dir(out, overwrite, volumes))
-    out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "format": OUTPUT_FORMAT,
-        "task": cfg.task,
-        "labels": list(model.label_names),
-        "volumes": [],
-        "complete": False,
-    }
-    atomic_write_json(out / "predictions.json", report)
-    for path in volumes:
-        report["volumes"].append(
-            predict_volume_file(
-                model,
-                path,
-                out,
-                axis,
-                window,
-                boxes.get(path),
-                cfg.data.resize,
-                cfg.data.normalize,
-                cfg.eval.threshold,
-                inference,
-            )
+
+    def run(path: Path) -> dict:
+        return predict_volume_file(
+            model,
+            path,
+            out,
+            axis,
+            window,
+            boxes.get(path),
+            cfg.data.resize,
+            cfg.data.normalize,
+            cfg.eval.threshold,
+            inference,
         )
-        typer.echo(f"{path.name}: {report['volumes'][-1]['voxels']}")
-    report["complete"] = True
-    atomic_write_json(out / "predictions.json", report)
-    typer.echo(f"label maps in {out}/volumes (NIfTI on each input's grid), pictures in {out}/pictures")
+
+    return run
 
 
 def _run_dir_of(path: Path) -> Path | None:
@@ -470,7 +432,7 @@ def predict(
     Exit code 0: all written; 1: some input files could not be read (the rest are written, failures listed
     in predictions.json); 2: nothing written (bad prompts, inputs, checkpoint or output folder).
     """
-    from medpeft.engine.predict import check_output_dir
+    from medpeft.engine.predict import check_output_dir, is_volume, list_images
     from medpeft.engine.predict import predict as run_predict
     from medpeft.engine.restore import load_trained
     from medpeft.engine.volume3d import INFERENCE
@@ -483,27 +445,46 @@ def predict(
         model, record, cfg = load_trained(checkpoint)
         if task is not None and task != cfg.task:
             _fail(f"--task {task}: {checkpoint} is a {cfg.task} checkpoint")
-        volume_inputs = _volume_inputs(inputs)
-        if volume_inputs:
-            return _predict_volumes(
-                model, cfg, volume_inputs, out, overwrite, axis, window, prompts, inference
+        files = list_images(inputs)
+        volumes = [p for p in files if is_volume(p)]
+        if cfg.task == "volume_segmentation" and not volumes:
+            _fail(
+                f"{inputs}: a 3D model takes NIfTI volumes (.nii / .nii.gz, a file, a folder or a .txt list)"
             )
-        if cfg.task == "volume_segmentation":
-            _fail(f"{inputs}: a 3D model takes NIfTI volumes (.nii / .nii.gz, a file or a folder of them)")
-        writer = make_task(cfg).prediction_writer()
+        if prompts is not None and volumes and len(volumes) != len(files):
+            _fail(f"--prompts {prompts}: prompt 2D images and volumes in separate runs")
+        writer = None if cfg.task == "volume_segmentation" else make_task(cfg).prediction_writer()
         if depth is not None:
             if getattr(writer, "depth_scale", None) is None:
                 _fail(f"--depth {depth}: this model takes no depth maps (its depth source is not 'file')")
             writer.depth_dir = depth
-        report = run_predict(model, inputs, out, writer, prompts, overwrite=overwrite)
-    written, failed = report["images"], report["failed"]
-    typer.echo(f"{len(written)} image(s) written, {len(failed)} failed" + (":" if failed else ""))
+        volume_fn = None
+        if volumes and cfg.task in ("segmentation", "volume_segmentation"):
+            volume_fn = _volume_predictor(model, cfg, volumes, out, axis, window, prompts, inference)
+        report = run_predict(
+            model,
+            inputs,
+            out,
+            writer,
+            None if volumes else prompts,
+            overwrite=overwrite,
+            volume_fn=volume_fn,
+            task=cfg.task,
+        )
+    failed = report["failed"]
+    typer.echo(
+        f"{len(report['images'])} image(s) and {len(report['volumes'])} volume(s) written, {len(failed)} failed"
+        + (":" if failed else "")
+    )
     for item in failed:
         typer.echo(f"  {item['image']}: {item['error']}")
     if cfg.task in DEPTH_TASKS:
-        typer.echo(f"depth in {out}/depth ({report['depth_png']}), pictures in {out}/pictures")
+        typer.echo(f"depth in {out}/depth ({report.get('depth_png')}), pictures in {out}/pictures")
     else:
-        typer.echo(f"masks in {out}/masks, overlays in {out}/overlays (labels: {record.label_names})")
+        typer.echo(
+            f"masks in {out}/masks and {out}/volumes, pictures in {out}/overlays and {out}/pictures; "
+            f"summary {out}/predictions.csv (labels: {record.label_names})"
+        )
     if failed:
         raise typer.Exit(1)
 

@@ -124,7 +124,7 @@ def test_good_prompts_accepted(trained: tuple[Path, Path], tmp_path: Path) -> No
     out = tmp_path / "pred"
     result = _predict(run, images, out, "--prompts", str(prompts))
     assert result.exit_code == 0, result.output
-    assert f"{N_IMAGES} image(s) written, 0 failed" in result.output
+    assert f"{N_IMAGES} image(s) and 0 volume(s) written, 0 failed" in result.output
     report = json.loads((out / "predictions.json").read_text())
     modes = {Path(r["image"]).name: r["prompt_mode"] for r in report["images"]}
     assert modes == {"img000.png": "box", "img001.png": "point", "img002.png": "auto"}
@@ -146,7 +146,7 @@ def test_batch_skips_unreadable_files(trained: tuple[Path, Path], tmp_path: Path
     out = tmp_path / "pred"
     result = _predict(run, inputs, out)
     assert result.exit_code == 1, result.output
-    assert f"{N_IMAGES} image(s) written, 2 failed:" in result.output
+    assert f"{N_IMAGES} image(s) and 0 volume(s) written, 2 failed:" in result.output
     assert "broken.png" in result.output and "notes.png" in result.output
     for name in ("img000", "img001", "img002"):
         assert np.array(Image.open(out / "masks" / f"{name}.png")).shape == (64, 64)
@@ -169,7 +169,7 @@ def test_all_files_failing_still_writes_report(trained: tuple[Path, Path], tmp_p
     out = tmp_path / "pred"
     result = _predict(run, inputs, out)
     assert result.exit_code == 1, result.output
-    assert "0 image(s) written, 2 failed:" in result.output
+    assert "0 image(s) and 0 volume(s) written, 2 failed:" in result.output
     report = json.loads((out / "predictions.json").read_text())
     assert report["images"] == [] and [Path(f["image"]).name for f in report["failed"]] == ["a.png", "b.png"]
 
@@ -220,3 +220,43 @@ def test_overwrite_refuses_prediction_folder_with_user_files(
     assert result.exit_code == 2, result.output
     assert "notes.txt" in result.output
     assert (out / "notes.txt").read_text() == "my notes" and (out / "masks" / "img000.png").is_file()
+
+
+def test_batch_mixes_images_and_volumes_and_reports_each_file(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A folder of 2D images and NIfTI volumes, one volume corrupt: the rest is written (label maps on each
+    volume's grid), the corrupt one is listed, ``predictions.csv`` has one row per file; a ``.txt`` list
+    names files the same way."""
+    import csv
+
+    import nibabel as nib
+
+    run, good = trained
+    inputs = tmp_path / "inputs"
+    shutil.copytree(good, inputs)
+    affine = np.diag([0.8, 0.8, 2.0, 1.0])
+    volume = np.random.default_rng(0).normal(100, 20, (64, 64, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, affine), str(inputs / "scan.nii.gz"))
+    (inputs / "broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    out = tmp_path / "pred"
+    result = _predict(run, inputs, out)
+    assert result.exit_code == 1, result.output
+    assert f"{N_IMAGES} image(s) and 1 volume(s) written, 1 failed:" in result.output
+    written = nib.load(str(out / "volumes" / "scan.nii.gz"))
+    assert written.shape == (64, 64, 3) and np.allclose(written.affine, affine)
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((out / "predictions.csv").open())}
+    assert set(rows) == {"img000.png", "img001.png", "img002.png", "scan.nii.gz", "broken.nii.gz"}
+    assert rows["broken.nii.gz"]["status"] == "failed" and rows["broken.nii.gz"]["error"]
+    assert rows["scan.nii.gz"]["kind"] == "volume" and rows["scan.nii.gz"]["status"] == "ok"
+    report = json.loads((out / "predictions.json").read_text())
+    pixels = {Path(e["image"]).name: e["pixels"]["disc"] for e in report["images"]}
+    assert (
+        int(rows["img000.png"]["n_disc"]) == pixels["img000.png"] and float(rows["img000.png"]["seconds"]) > 0
+    )
+    assert int(rows["scan.nii.gz"]["n_disc"]) == report["volumes"][0]["voxels"]["disc"]
+    listing = tmp_path / "batch.txt"
+    listing.write_text("# two of them\ninputs/img001.png\ninputs/scan.nii.gz\n")
+    again = _predict(run, listing, tmp_path / "pred2")
+    assert again.exit_code == 0, again.output
+    assert "1 image(s) and 1 volume(s) written, 0 failed" in again.output

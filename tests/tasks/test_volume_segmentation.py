@@ -197,6 +197,9 @@ def test_predict_writes_label_maps_on_the_input_grid(trained, synthetic, tmp_pat
     assert entry["prompt_mode"] == "boxes" and entry["voxels"]["block"] == 0
     images = tmp_path / "pngs"
     images.mkdir()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(images / "a.png")
     bad = RUNNER.invoke(app, ["predict", str(trained), str(images), "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "a 3D model takes NIfTI volumes" in bad.output
 

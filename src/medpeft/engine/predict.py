@@ -9,7 +9,10 @@ The output folder holds the task's folders (``masks/`` + ``overlays/``, or ``dep
 
 from __future__ import annotations
 
+import csv
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from medpeft.data.io import IMAGE_EXTENSIONS, DataError, load_image, one_line
+from medpeft.data.volume_io import VOLUME_SUFFIXES
 from medpeft.engine.checkpoint import atomic_write_json
 from medpeft.tasks.base import PredictionWriter
 
@@ -26,21 +30,41 @@ from medpeft.tasks.base import PredictionWriter
 OUTPUT_FORMAT = "medpeft-predictions"
 _OUTPUT_DIRS = ("masks", "overlays", "depth", "pictures", "volumes")
 _OUTPUT_SUFFIXES = {"volumes": (".nii.gz", ".labels.json")}  # what each folder may hold (default .png)
-_OUTPUT_FILES = ("strip.png",)  # written across all images (a depth run's frame strip)
+_OUTPUT_FILES = ("strip.png", "predictions.csv")  # written across all inputs (a depth strip, the summary)
 _REPORT = "predictions.json"
 # What a broken or unreadable input file raises while it is decoded; such a file is skipped, not fatal.
 _UNREADABLE = (DataError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
+def is_volume(path: Path) -> bool:
+    """A NIfTI volume (else a 2D image)."""
+    return path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
 def list_images(path: Path) -> list[Path]:
-    """A single image file, or every image in a folder (sorted)."""
+    """The inputs of a batch: a single file; every image and NIfTI volume in a folder (sorted); or the files
+    a ``.txt`` list names, one per line (relative to the list's folder; ``#`` starts a comment)."""
+    if path.is_file() and path.suffix.lower() == ".txt":
+        files = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            entry = line.split("#", 1)[0].strip()
+            if entry:
+                file = (path.parent / entry).expanduser()
+                if not file.is_file():
+                    raise DataError(f"{path}, line {n}: {entry} is not a file")
+                files.append(file)
+        if not files:
+            raise DataError(f"{path}: lists no file")
+        return files
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS or is_volume(p))
         if files:
             return files
-        raise DataError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(
+            f"{path}: no images or volumes found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, .nii, .nii.gz)"
+        )
     raise DataError(f"{path}: no such file or folder")
 
 
@@ -134,50 +158,90 @@ def predict(
     model: nn.Module,
     inputs: Path,
     out_dir: Path,
-    writer: PredictionWriter,
+    writer: PredictionWriter | None,
     prompt_file: Path | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    volume_fn: Callable[[Path], dict[str, Any]] | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
-    """Predict every input image and write what the task writes (segmentation: ``masks/<stem>.png`` and
-    ``overlays/<stem>.png``; depth: ``depth/<stem>.png`` and ``pictures/<stem>.png``) plus
-    ``predictions.json``.
+    """Predict every input (2D images and NIfTI volumes, mixed) and write what the task writes
+    (segmentation: ``masks/<stem>.png`` and ``overlays/<stem>.png``; depth: ``depth/<stem>.png`` and
+    ``pictures/<stem>.png``; volumes through ``volume_fn``: ``volumes/<name>.nii.gz``), plus
+    ``predictions.json`` and ``predictions.csv`` (file, kind, status, seconds, error, pixels or voxels per
+    label). ``writer`` is None for a model that takes volumes only.
 
     Inputs, prompts and the output folder are checked before anything is written (one-line
-    :class:`DataError`). An input that cannot be decoded is skipped and listed under ``failed`` in the
-    returned report, which is also written to ``predictions.json`` (``{"format", "labels", "images",
-    "failed", "complete"}``).
+    :class:`DataError`). An input that cannot be read (or that this model cannot take) is skipped and
+    listed under ``failed`` in the returned report, which is also written to ``predictions.json``
+    (``{"format", "labels", "images", "volumes", "failed", "complete"}``).
     """
     labels = list(getattr(model, "label_names", []))
     out_dir = Path(out_dir)
-    images = list_images(Path(inputs))
-    stale = check_output_dir(out_dir, overwrite, images)
-    prompt_data = writer.read_prompts(prompt_file, labels, images)
+    files = list_images(Path(inputs))
+    images = [p for p in files if not is_volume(p)]
+    stale = check_output_dir(out_dir, overwrite, files)
+    prompt_data = writer.read_prompts(prompt_file, labels, images) if writer is not None and images else {}
     clear_output(stale)
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "format": OUTPUT_FORMAT,
-        "task": writer.task,
+        "task": task or (writer.task if writer is not None else "segmentation"),
         "complete": False,
         "labels": labels,
         "images": [],
+        "volumes": [],
         "failed": [],
-        **writer.describe(model),
+        **(writer.describe(model) if writer is not None else {}),
     }
     _write_report(out_dir, report)  # marks the folder as ours at once, so an interrupted run can be replaced
     names = _output_names(images)
+    rows: list[dict[str, Any]] = []
     model.eval()
-    for path in tqdm(images, desc="predict", unit="img", disable=not progress):
+    for path in tqdm(files, desc="predict", unit="file", disable=not progress):
+        started = time.perf_counter()
+        kind = "volume" if is_volume(path) else "image"
         try:
-            image = load_image(path)
+            if kind == "volume":
+                if volume_fn is None:
+                    raise DataError(f"{path.name}: a {report['task']} model takes 2D images, not volumes")
+                entry = volume_fn(path)
+                report["volumes"].append(entry)
+            else:
+                if writer is None:
+                    raise DataError(f"{path.name}: a 3D model takes NIfTI volumes, not 2D images")
+                image = load_image(path)
+                entry = {
+                    "image": str(path),
+                    **writer.write(
+                        model,
+                        image,
+                        prompt_data.get(path.name, prompt_data.get(path.stem)),
+                        out_dir,
+                        names[path],
+                    ),
+                }
+                report["images"].append(entry)
         except _UNREADABLE as e:
             report["failed"].append({"image": str(path), "error": one_line(e)})
+            rows.append({"file": str(path), "kind": kind, "status": "failed", "error": one_line(e)})
             continue
-        entry = prompt_data.get(path.name, prompt_data.get(path.stem))
-        report["images"].append(
-            {"image": str(path), **writer.write(model, image, entry, out_dir, names[path])}
+        counts = entry.get("pixels") or entry.get("voxels") or {}
+        rows.append(
+            {"file": str(path), "kind": kind, "status": "ok", **{f"n_{k}": v for k, v in counts.items()}}
         )
-    report.update(writer.finish(out_dir, report))
+        rows[-1]["seconds"] = round(time.perf_counter() - started, 3)
+    report.update(writer.finish(out_dir, report) if writer is not None else {})
+    _write_summary(out_dir / "predictions.csv", rows, labels)
     report["complete"] = True
     _write_report(out_dir, report)
     return report
+
+
+def _write_summary(path: Path, rows: list[dict[str, Any]], labels: list[str]) -> None:
+    """One row per input: file, kind, status, seconds, error and the pixels (or voxels) of each label."""
+    fields = ["file", "kind", "status", "seconds", "error", *(f"n_{n}" for n in labels)]
+    with path.open("w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        out.writeheader()
+        out.writerows(rows)
