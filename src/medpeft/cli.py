@@ -158,6 +158,12 @@ def evaluate(
     label_map: LabelMapOpt = None,
     label_table: LabelTableOpt = None,
     inference: InferenceOpt = "zoom",
+    clicks: Annotated[
+        int,
+        typer.Option(
+            help="Also simulate N interactive clicks (from --prompt point or box): Dice after each click"
+        ),
+    ] = 0,
 ) -> None:
     """Score a checkpoint: per-image CSV, summary JSON, table and overlays (or per-case 3D scores with
     ``--volumes``)."""
@@ -177,6 +183,8 @@ def evaluate(
     modes = None if prompt is None else [m.strip() for m in prompt.split(",")]
     for mode in modes or []:
         _choice("--prompt", mode, PROMPT_MODES + (VOLUME_PROMPT_MODES if volumes is not None else ()))
+    if clicks < 0 or (clicks and volumes is not None):
+        _fail(f"--clicks {clicks}: a number of clicks (>= 1) for a 2D segmentation model, without --volumes")
     if modes is not None and len(modes) > 1 and volumes is None:
         _fail(f"--prompt {prompt}: several prompt modes are compared on --volumes (a 3D model) only")
     _choice("--empty-score", empty_score, typing.get_args(EvalConfig.model_fields["empty_score"].annotation))
@@ -204,6 +212,8 @@ def evaluate(
         if cfg.task != "segmentation" and rotate:
             _fail("--rotate scores segmentation models")
         if cfg.task in DEPTH_TASKS:
+            if clicks:
+                _fail("--clicks simulates segmentation models")
             return _evaluate_depth(model, cfg, checkpoint, data, split, out)
         splits = build_splits(cfg, data)
         trained = record.label_names
@@ -233,6 +243,16 @@ def evaluate(
     typer.echo(f"wrote {out}/per_image.csv, summary.json and overlays/")
     if rotate:
         _rotation_2d(model, cfg, records, trained, mode, out, angles)
+    if clicks:
+        from medpeft.tasks.segmentation_clicks import START_MODES, simulate_clicks, write_clicks
+
+        if cfg.model.depth_guided is not None:
+            _fail("--clicks: a depth-guided model is not simulated (its depth maps are not passed)")
+        start = mode if mode in START_MODES else "point"
+        dataset = build_dataset(cfg, records, trained, train=False)
+        result = simulate_clicks(model, dataset, clicks, start, cfg.train.batch_size)
+        typer.echo(write_clicks(result, out / "clicks"))
+        typer.echo(f"wrote {out}/clicks/clicks.json and clicks.png")
     run_dir = _run_dir_of(checkpoint)
     if run_dir is not None and run_dir.resolve() in out.resolve().parents:
         from medpeft.engine.html_report import write_report

@@ -24,6 +24,7 @@ class Prompts:
     point_labels: torch.Tensor | None = None  # [B, C, N]: 1 positive, 0 negative, -1 not a point
     class_ids: torch.Tensor | None = None  # [B, C] label indices
     text: bool = True  # whether the class (label-name) token is a prompt; 2D segmenters always use it
+    masks: torch.Tensor | None = None  # [B, C, S/4, S/4] previous logits per class (SAM's mask input)
 
     def to(self, device: torch.device | str) -> Prompts:
         """Move every tensor to ``device``."""

@@ -105,9 +105,20 @@ class SamSegmenter(nn.Module):
         last = embeddings[-1] if isinstance(embeddings, (list, tuple)) else embeddings
         batch_size = last.shape[0]
         sparse = self.sparse_tokens(prompts, batch_size)
-        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        dense = dense.expand(batch_size, -1, *last.shape[-2:])
-        low_res = self.decode(embeddings, sparse, dense)
+        if prompts.masks is not None:  # a mask per class: decode each (image, class) as its own row
+            classes = sparse.shape[1]
+            dense = self.sam.prompt_encoder.mask_embed(prompts.masks.flatten(0, 1)[:, None].to(self.dtype))
+            rows = (
+                [e.repeat_interleave(classes, 0) for e in embeddings]
+                if isinstance(embeddings, list)
+                else (embeddings.repeat_interleave(classes, 0))
+            )
+            low_res = self.decode(rows, sparse.flatten(0, 1)[:, None], dense)
+            low_res = low_res.reshape(batch_size, classes, *low_res.shape[-2:])
+        else:
+            dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+            dense = dense.expand(batch_size, -1, *last.shape[-2:])
+            low_res = self.decode(embeddings, sparse, dense)
         return F.interpolate(low_res, size=tuple(size), mode="bilinear", align_corners=False)
 
     @property
