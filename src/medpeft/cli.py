@@ -164,6 +164,9 @@ def evaluate(
             help="Also simulate N interactive clicks (from --prompt point or box): Dice after each click"
         ),
     ] = 0,
+    mask_input: Annotated[
+        bool, typer.Option(help="--clicks: feed the previous logits back as SAM's mask prompt")
+    ] = True,
 ) -> None:
     """Score a checkpoint: per-image CSV, summary JSON, table and overlays (or per-case 3D scores with
     ``--volumes``)."""
@@ -250,7 +253,7 @@ def evaluate(
             _fail("--clicks: a depth-guided model is not simulated (its depth maps are not passed)")
         start = mode if mode in START_MODES else "point"
         dataset = build_dataset(cfg, records, trained, train=False)
-        result = simulate_clicks(model, dataset, clicks, start, cfg.train.batch_size)
+        result = simulate_clicks(model, dataset, clicks, start, cfg.train.batch_size, mask_input)
         typer.echo(write_clicks(result, out / "clicks"))
         typer.echo(f"wrote {out}/clicks/clicks.json and clicks.png")
     run_dir = _run_dir_of(checkpoint)

@@ -291,5 +291,25 @@ def test_clicks_refine_the_mask(trained: tuple[Path, Path], tmp_path: Path) -> N
         clicks["start"] == "point" and len(clicks["mean"]) == 5 and (out / "clicks" / "clicks.png").is_file()
     )
     assert clicks["mean"][4] >= clicks["mean"][0] - 1e-6, clicks["mean"]
+    assert clicks["mask_input"] is True
+    plain = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(run),
+            "--split",
+            "all",
+            "--prompt",
+            "box",
+            "--clicks",
+            "2",
+            "--no-mask-input",
+            "--out",
+            str(tmp_path / "plain"),
+        ],
+    )
+    assert plain.exit_code == 0, plain.output
+    second = json.loads((tmp_path / "plain" / "clicks" / "clicks.json").read_text())
+    assert second["start"] == "box" and second["mask_input"] is False
     bad = runner.invoke(app, ["evaluate", str(run), "--clicks", "-1"])
     assert bad.exit_code != 0 and "--clicks -1" in bad.output

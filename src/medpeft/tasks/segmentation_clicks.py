@@ -44,14 +44,21 @@ def next_click(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, int] 
 
 @torch.no_grad()
 def simulate_clicks(
-    model: nn.Module, dataset: Dataset, clicks: int, start: str = "point", batch_size: int = 2
+    model: nn.Module,
+    dataset: Dataset,
+    clicks: int,
+    start: str = "point",
+    batch_size: int = 2,
+    mask_input: bool = True,
 ) -> dict[str, Any]:
     """Mean Dice per label after each of ``clicks`` interactions (at the model's input resolution, over the
-    classes present in each item): ``{"start", "clicks", "per_class": {label: [dice per click]},
-    "mean": [...]}``."""
+    classes present in each item): ``{"start", "clicks", "mask_input", "per_class": {label: [dice per
+    click]}, "mean": [...]}``. ``mask_input``: feed the previous logits back (SAM's mask prompt); a model
+    never trained with it (its mask encoder untouched) does better without."""
     if start not in START_MODES:
         raise ValueError(f"click simulation starts from {' or '.join(START_MODES)}, not {start!r}")
     names = list(dataset.label_names)
+    mask_input_on = mask_input
     sums = np.zeros((clicks, len(names)))
     counts = np.zeros(len(names))
     was_training = model.training
@@ -83,7 +90,10 @@ def simulate_clicks(
                 dice = dice_per_class(pred, truth).numpy()
                 for b, c in zip(*np.nonzero(present), strict=True):
                     sums[k, ids[b, c]] += dice[b, c]
-                mask_input = F.interpolate(logits, scale_factor=0.25, mode="bilinear", align_corners=False)
+                if mask_input_on:
+                    mask_input = F.interpolate(
+                        logits, scale_factor=0.25, mode="bilinear", align_corners=False
+                    )
                 new = torch.zeros(*truth.shape[:2], 1, 2)
                 new_labels = torch.full((*truth.shape[:2], 1), -1, dtype=torch.long)
                 for b, c in zip(*np.nonzero(present), strict=True):
@@ -99,7 +109,13 @@ def simulate_clicks(
     seen = counts > 0
     per_class = {n: (sums[:, i] / counts[i]).tolist() for i, n in enumerate(names) if seen[i]}
     mean = (sums[:, seen] / counts[seen]).mean(1).tolist() if seen.any() else [float("nan")] * clicks
-    return {"start": start, "clicks": clicks, "per_class": per_class, "mean": mean}
+    return {
+        "start": start,
+        "clicks": clicks,
+        "mask_input": mask_input_on,
+        "per_class": per_class,
+        "mean": mean,
+    }
 
 
 def write_clicks(result: dict[str, Any], out: Path) -> str:
