@@ -195,6 +195,8 @@ def test_predict_writes_label_maps_on_the_input_grid(trained, synthetic, tmp_pat
     assert boxed.exit_code == 0, boxed.output
     entry = json.loads((tmp_path / "boxed" / "predictions.json").read_text())["volumes"][0]
     assert entry["prompt_mode"] == "boxes" and entry["voxels"]["block"] == 0
+    z0, y0, x0, z1, y1, x1 = entry["roi"]  # the zoom-in region holds the box (model order z, y, x)
+    assert z0 <= lo[2] and y0 <= lo[1] and x0 <= lo[0] and z1 > hi[2] and y1 > hi[1] and x1 > hi[0]
     images = tmp_path / "pngs"
     images.mkdir()
     from PIL import Image

@@ -122,8 +122,13 @@ def segment_volume_3d(
     predictor = prompted_predictor(model, prompts or {}, text)
     roi = tuple(model.roi)
     info: dict[str, Any] = {"inference": inference}
-    if inference == "zoom":
-        result = zoom_out_zoom_in(predictor, volume, roi, overlap, threshold)
+    if inference == "zoom":  # box prompts set the region themselves (their union), else the coarse pass
+        given = list((prompts or {}).get("boxes", {}).values())
+        region = None
+        if given:
+            lo, hi = np.array(given)[:, :3].min(0), np.array(given)[:, 3:].max(0) + 1
+            region = tuple(int(v) for v in (*np.floor(lo), *np.ceil(hi)))
+        result = zoom_out_zoom_in(predictor, volume, roi, overlap, threshold, box=region)
         logits = result.logits
         info.update(roi=list(result.roi) if result.roi else None, zoom_in_voxels=result.zoom_in_voxels)
     elif inference == "sliding":
