@@ -211,21 +211,14 @@ def predict(
                 if writer is None:
                     raise DataError(f"{path.name}: a 3D model takes NIfTI volumes, not 2D images")
                 image = load_image(path)
-                entry = {
-                    "image": str(path),
-                    **writer.write(
-                        model,
-                        image,
-                        prompt_data.get(path.name, prompt_data.get(path.stem)),
-                        out_dir,
-                        names[path],
-                    ),
-                }
-                report["images"].append(entry)
         except _UNREADABLE as e:
             report["failed"].append({"image": str(path), "error": one_line(e)})
             rows.append({"file": str(path), "kind": kind, "status": "failed", "error": one_line(e)})
             continue
+        if kind == "image":  # a failure past reading the file (a depth map it names) stops the run
+            prompt = prompt_data.get(path.name, prompt_data.get(path.stem))
+            entry = {"image": str(path), **writer.write(model, image, prompt, out_dir, names[path])}
+            report["images"].append(entry)
         counts = entry.get("pixels") or entry.get("voxels") or {}
         rows.append(
             {"file": str(path), "kind": kind, "status": "ok", **{f"n_{k}": v for k, v in counts.items()}}
