@@ -286,8 +286,7 @@ def _evaluate_volumes(
         _fail(f"--volumes scores segmentation models; {checkpoint} is a {cfg.task} checkpoint")
     if cfg.task == "segmentation" and modes is not None:
         _fail(f"--prompt {','.join(modes)}: a 2D model is scored on volumes in automatic mode")
-    if window is None and cfg.task == "volume_segmentation":
-        window = cfg.data.window  # the intensity map the 3D model was trained with
+    window = _volume_window(cfg, window)
     cases, table = read_volume_dataset(root, split, **(layout or {}))
     out = out or Path(cfg.train.output_dir) / f"eval-volumes-{root.name}"
     summary = evaluate_volumes(
@@ -373,6 +372,11 @@ def _rotation(rotate: bool, angles: str | None) -> tuple[float, float, float] | 
     return (values[0], values[1], values[2])
 
 
+def _volume_window(cfg, window):
+    """``--window``, or for a 3D model the intensity map it was trained with (``data.window``)."""
+    return cfg.data.window if window is None and cfg.task == "volume_segmentation" else window
+
+
 def _volume_predictor(model, cfg, volumes: list[Path], out: Path, axis: int, window, prompts, inference: str):
     """``predict_volume_file`` for each volume of a batch (a 2D model slice by slice, a 3D model by
     ``inference``), its prompts read and checked first."""
@@ -380,8 +384,7 @@ def _volume_predictor(model, cfg, volumes: list[Path], out: Path, axis: int, win
     from medpeft.engine.volumes import predict_volume_file
 
     boxes = read_volume_prompts(prompts, volumes, list(model.label_names)) if prompts is not None else {}
-    if window is None and cfg.task == "volume_segmentation":
-        window = cfg.data.window  # the intensity map the 3D model was trained with
+    window = _volume_window(cfg, window)
 
     def run(path: Path) -> dict:
         return predict_volume_file(

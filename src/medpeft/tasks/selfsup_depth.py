@@ -75,9 +75,7 @@ class SelfSupDepthTask(DepthTask):
     """Photometric reprojection loss over scales (``selfsup`` config), AbsRel for checkpoints."""
 
     name = "selfsup_depth"
-    metric = "abs_rel"
-    higher_is_better = False
-    terms = ("photometric", "smoothness")
+    terms = ("photometric", "smoothness")  # scored and selected as DepthTask is: AbsRel, lower is better
 
     def splits(self, root: Path | None = None) -> Splits:
         root = root or self.cfg.data.root
