@@ -452,6 +452,10 @@ def predict(
         ),
     ] = None,
     inference: InferenceOpt = "zoom",
+    engine: Annotated[
+        str,
+        typer.Option(help="torch (a checkpoint or run) or onnx (a folder from medpeft export --format onnx)"),
+    ] = "torch",
 ) -> None:
     """Segment new images (PNG label maps and overlays) or estimate depth (16-bit PNG depth and pictures).
 
@@ -460,15 +464,15 @@ def predict(
     """
     from medpeft.engine.predict import check_output_dir, is_volume, list_images
     from medpeft.engine.predict import predict as run_predict
-    from medpeft.engine.restore import load_trained
     from medpeft.engine.volume3d import INFERENCE
     from medpeft.tasks.base import TASK_NAMES, make_task
 
     _choice("--task", task, TASK_NAMES)
     _choice("--inference", inference, INFERENCE)
+    _choice("--engine", engine, ENGINES)
     with _one_line_errors():
         check_output_dir(out, overwrite)  # cheap, before loading the model; predict() checks again
-        model, record, cfg = load_trained(checkpoint)
+        model, cfg = _load_engine(checkpoint, engine)
         if task is not None and task != cfg.task:
             _fail(f"--task {task}: {checkpoint} is a {cfg.task} checkpoint")
         files = list_images(inputs)
@@ -509,10 +513,61 @@ def predict(
     else:
         typer.echo(
             f"masks in {out}/masks and {out}/volumes, pictures in {out}/overlays and {out}/pictures; "
-            f"summary {out}/predictions.csv (labels: {record.label_names})"
+            f"summary {out}/predictions.csv (labels: {model.label_names})"
         )
     if failed:
         raise typer.Exit(1)
+
+
+ENGINES = ("torch", "onnx")
+
+
+def _load_engine(path: Path, engine: str):
+    """(model, config) from a checkpoint (``torch``) or an ONNX export folder (``onnx``)."""
+    if engine == "onnx":
+        from medpeft.deploy.onnx import load_onnx
+
+        return load_onnx(path)
+    from medpeft.engine.restore import load_trained
+
+    model, _, cfg = load_trained(path)
+    return model, cfg
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint or run directory")],
+    out: Annotated[Path, typer.Argument(help="Output folder")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format", help="onnx (image encoder + prompt decoder graphs) or safetensors (as merge)"
+        ),
+    ] = "onnx",
+    opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in OUT (nothing else)")] = False,
+) -> None:
+    """Export a fine-tuned segmenter with its adapters merged: two ONNX graphs checked against PyTorch with
+    onnxruntime (``predict --engine onnx`` runs them), or the merged transformers folder."""
+    from medpeft.deploy.onnx import MANIFEST, export_onnx
+    from medpeft.engine.merge import HEAD_RECORD
+
+    _choice("--format", format, ("onnx", "safetensors"))
+    if format == "safetensors":
+        return merge(checkpoint, out, overwrite)
+    ours = (out / MANIFEST).is_file() or (out / HEAD_RECORD).is_file()
+    if out.exists() and any(out.iterdir()) and ours and not (overwrite or _confirm_overwrite(out)):
+        _fail(f"{out} already holds an export; pass --overwrite to replace it")
+    if opset < 18:
+        _fail(f"--opset {opset}: the exporter writes opset 18 or newer")
+    with _one_line_errors():
+        manifest = export_onnx(checkpoint, out, opset)
+    diffs = manifest["max_abs_difference"]
+    typer.echo(
+        f"wrote {out}/{manifest['encoder']} and {out}/{manifest['decoder']} (opset {opset}, "
+        f"{manifest['backbone']}, labels {manifest['label_names']})"
+    )
+    typer.echo("max |onnxruntime - PyTorch|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
 
 
 @app.command("check-data")

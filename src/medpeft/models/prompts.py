@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -67,24 +66,49 @@ def _move(t: torch.Tensor | None, device: torch.device | str) -> torch.Tensor | 
     return None if t is None else t.to(device)
 
 
-def point_and_box_tokens(
-    prompts: Prompts,
-    embed_points: Callable[..., torch.Tensor],
-    embed_boxes: Callable[[torch.Tensor], torch.Tensor],
-    not_a_point: torch.Tensor,
-) -> list[torch.Tensor]:
-    """The point tokens (positive when unlabelled; SAM's padding token when there is no box) and box
-    corner tokens (``not_a_point`` for a class without a box, so a batch keeps one layout) of every
-    class, by the segmenter's own prompt-encoder functions: SAM's, SAM2's and SegVol's alike."""
-    tokens: list[torch.Tensor] = []
+def prompt_points(
+    prompts: Prompts, corner_labels: tuple[int, ...] = (2, 3)
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Every point-like prompt token of every class as labelled points: coordinates ``[B, C, N, d]`` and
+    labels ``[B, C, N]`` (1 positive, 0 negative, -1 "not a point", 2 and 3 a box's corners), or None.
+
+    SAM encodes a box as its two corners with their own embeddings, so one labelled point set is the
+    whole sparse prompt: the PyTorch segmenters and the exported ONNX decoder both take this form.
+    Points come first (unlabelled ones positive), padded with one "not a point" when there is no box,
+    as SAM does; then each box's corners labelled ``corner_labels`` (SAM2 adds a third, -1), all -1 for a
+    class without a box (``box_valid`` False), so a batch keeps one layout.
+    """
+    coords: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
     if prompts.points is not None:
-        labels = prompts.point_labels
-        if labels is None:
-            labels = torch.ones(prompts.points.shape[:-1], dtype=torch.long, device=prompts.points.device)
-        tokens.append(embed_points(prompts.points.float(), labels, pad=prompts.boxes is None))
+        points = prompts.points.float()
+        lab = prompts.point_labels
+        coords.append(points)
+        labels.append(
+            torch.ones(points.shape[:-1], dtype=torch.long, device=points.device)
+            if lab is None
+            else lab.long()
+        )
+        if prompts.boxes is None:
+            coords.append(points.new_zeros(*points.shape[:-2], 1, points.shape[-1]))
+            labels.append(labels[0].new_full((*points.shape[:-2], 1), -1))
     if prompts.boxes is not None:
-        corners = embed_boxes(prompts.boxes.float())
+        boxes = prompts.boxes.float()
+        corners = boxes.reshape(*boxes.shape[:-1], 2, boxes.shape[-1] // 2)
+        extra = len(corner_labels) - 2
+        coords.append(
+            torch.cat([corners, corners.new_zeros(*corners.shape[:-2], extra, corners.shape[-1])], -2)
+        )
+        lab = torch.tensor(corner_labels, device=boxes.device).expand(*boxes.shape[:-1], -1)
         if prompts.box_valid is not None:
-            corners = torch.where(~prompts.box_valid.bool()[..., None, None], not_a_point, corners)
-        tokens.append(corners)
-    return tokens
+            lab = torch.where(prompts.box_valid.bool()[..., None], lab, -1)
+        labels.append(lab)
+    if not coords:
+        return None
+    return torch.cat(coords, -2), torch.cat(labels, -1)
+
+
+def per_class(embedding: torch.Tensor, classes: int) -> torch.Tensor:
+    """Each image's embedding repeated per class, ``[B, ...] -> [B * C, ...]``, for decoding every (image,
+    class) as its own row (``repeat_interleave``'s ONNX export breaks with a dynamic batch)."""
+    return embedding[:, None].expand(-1, classes, *embedding.shape[1:]).flatten(0, 1)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import SamModel
 
-from medpeft.models.prompts import Prompts, point_and_box_tokens
+from medpeft.models.prompts import Prompts, per_class, prompt_points
 
 _LAYER = r"vision_encoder\.layers\.\d+\."
 # peft-style target table: symbolic name -> regex (full match, under any prefix) of SamModel names.
@@ -61,24 +61,41 @@ class SamSegmenter(nn.Module):
         """Run the image encoder: [B, 3, S, S] -> [B, D, S/16, S/16]."""
         return self.sam.vision_encoder(images).last_hidden_state
 
+    # labels of a box's corner tokens (``prompt_points``): SAM's two corner embeddings
+    corner_labels: tuple[int, ...] = (2, 3)
+
+    def point_tokens(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Labelled points ``[B, C, N, 2]`` / ``[B, C, N]`` (see ``prompt_points``) -> tokens ``[B, C, N, D]``."""
+        pe = self.sam.prompt_encoder
+        tokens = pe._embed_points(coords, labels, pad=False)  # positions; -1, 0 and 1 roles
+        corner = pe.point_embed
+        return (
+            tokens + (labels == 2)[..., None] * corner[2].weight + (labels == 3)[..., None] * corner[3].weight
+        )
+
     def sparse_tokens(self, prompts: Prompts, batch_size: int) -> torch.Tensor:
         """Prompt tokens [B, C, T, D] for every class."""
-        pe = self.sam.prompt_encoder
-        num_classes = prompts.num_classes() or self.num_classes
         class_ids = prompts.class_ids
         if class_ids is None:
-            class_ids = torch.arange(num_classes, device=self.device).expand(batch_size, -1)
-        tokens = point_and_box_tokens(prompts, pe._embed_points, pe._embed_boxes, pe.not_a_point_embed.weight)
+            classes = prompts.num_classes() or self.num_classes
+            class_ids = torch.arange(classes, device=self.device).expand(batch_size, -1)
+        return self.prompt_tokens(prompt_points(prompts, self.corner_labels), class_ids)
+
+    def prompt_tokens(
+        self, points: tuple[torch.Tensor, torch.Tensor] | None, class_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Labelled points (or None) and the class token of each of ``class_ids`` [B, C] -> [B, C, T, D]."""
+        tokens = [] if points is None else [self.point_tokens(*points)]
         if self.class_prompt is not None:
             tokens.append(self.class_prompt(class_ids))
         if not tokens:
-            if num_classes > 1:
+            if class_ids.shape[1] > 1:
                 raise ValueError(
                     "no prompt given and no class prompt configured: with several classes the model "
                     "cannot tell them apart; set model.class_prompt or pass boxes/points"
                 )
-            dim = pe.hidden_size
-            return torch.zeros(batch_size, num_classes, 0, dim, device=self.device)
+            dim = self.sam.prompt_encoder.hidden_size
+            return torch.zeros(*class_ids.shape, 0, dim, device=self.device)
         return torch.cat([t.to(self.dtype) for t in tokens], dim=2)
 
     def decode(self, embeddings: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
@@ -106,19 +123,37 @@ class SamSegmenter(nn.Module):
         batch_size = last.shape[0]
         sparse = self.sparse_tokens(prompts, batch_size)
         if prompts.masks is not None:  # a mask per class: decode each (image, class) as its own row
-            classes = sparse.shape[1]
-            dense = self.sam.prompt_encoder.mask_embed(prompts.masks.flatten(0, 1)[:, None].to(self.dtype))
-            rows = (
-                [e.repeat_interleave(classes, 0) for e in embeddings]
-                if isinstance(embeddings, list)
-                else (embeddings.repeat_interleave(classes, 0))
-            )
-            low_res = self.decode(rows, sparse.flatten(0, 1)[:, None], dense)
-            low_res = low_res.reshape(batch_size, classes, *low_res.shape[-2:])
-        else:
-            dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-            dense = dense.expand(batch_size, -1, *last.shape[-2:])
-            low_res = self.decode(embeddings, sparse, dense)
+            return self.decode_rows(embeddings, sparse, self.mask_prompt(prompts.masks), size)
+        dense = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = dense.expand(batch_size, -1, *last.shape[-2:])
+        low_res = self.decode(embeddings, sparse, dense)
+        return F.interpolate(low_res, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def mask_prompt(self, masks: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """SAM's dense prompt per (image, class) row from previous logits [B, C, S/4, S/4]; where
+        ``present`` (a 0/1 scalar tensor, the exported decoder's ``has_mask_input``) is 0, "no mask"."""
+        dense = self.sam.prompt_encoder.mask_embed(masks.flatten(0, 1)[:, None].to(self.dtype))
+        if present is None:
+            return dense
+        none = self.sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return present * dense + (1 - present) * none
+
+    def decode_rows(
+        self,
+        embeddings: torch.Tensor | list[torch.Tensor],
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Decode each (image, class) as its own row (``dense`` per row): logits [B, C, *size]."""
+        batch_size, classes = sparse.shape[:2]
+        rows = (
+            [per_class(e, classes) for e in embeddings]
+            if isinstance(embeddings, (list, tuple))
+            else per_class(embeddings, classes)
+        )
+        low_res = self.decode(rows, sparse.flatten(0, 1)[:, None], dense)
+        low_res = low_res.reshape(batch_size, classes, *low_res.shape[-2:])
         return F.interpolate(low_res, size=tuple(size), mode="bilinear", align_corners=False)
 
     @property

@@ -41,6 +41,12 @@ class Sam2Segmenter(SamSegmenter):
     def image_size(self) -> int:
         return int(self.sam.config.prompt_encoder_config.image_size)
 
+    corner_labels = (2, 3, -1)  # SAM2 pads each box with a "not a point" token
+
+    def point_tokens(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """SAM2's point embedding already adds the role of every label >= 0, corners included."""
+        return self.sam.prompt_encoder._embed_points(coords, labels, pad=False)
+
     def image_embeddings(self, images: torch.Tensor) -> list[torch.Tensor]:
         """FPN levels [B, D, S/4, S/4], [B, D, S/8, S/8], [B, D, S/16, S/16] (the first two projected)."""
         maps = list(self.sam.get_image_features(images).fpn_hidden_states)  # each [h*w, B, D]

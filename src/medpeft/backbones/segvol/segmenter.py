@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medpeft.models.prompts import Prompts, point_and_box_tokens
+from medpeft.models.prompts import Prompts, per_class, prompt_points
 
 from .model import SegVolModel
 
@@ -62,38 +62,64 @@ class SegVolSegmenter(nn.Module):
     def num_classes(self) -> int:
         return len(self.label_names)
 
+    corner_labels: tuple[int, ...] = (2, 3)
+
+    def point_tokens(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Labelled points ``[B, C, N, 3]`` / ``[B, C, N]`` (see ``prompt_points``) -> tokens ``[B, C, N, w]``."""
+        pe = self.segvol.prompt_encoder
+        tokens = pe.embed_points(coords, labels, pad=False)
+        roles = pe.point_embeddings
+        return (
+            tokens + (labels == 2)[..., None] * roles[2].weight + (labels == 3)[..., None] * roles[3].weight
+        )
+
     def sparse_tokens(self, prompts: Prompts, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Prompt tokens ``[B, C, T, w]`` and text tokens ``[B, C, w]`` (None without text)."""
-        pe = self.segvol.prompt_encoder
-        classes = prompts.num_classes() or self.num_classes
         class_ids = prompts.class_ids
         if class_ids is None:
+            classes = prompts.num_classes() or self.num_classes
             class_ids = torch.arange(classes, device=self.device).expand(batch, -1)
-        tokens = point_and_box_tokens(prompts, pe.embed_points, pe.embed_boxes, pe.not_a_point_embed.weight)
-        text = None
-        if prompts.text and self.class_prompt is not None:
-            text = self.class_prompt(class_ids)[:, :, 0]  # [B, C, w]
-            tokens.append(text[:, :, None])
+        return self.prompt_tokens(prompt_points(prompts, self.corner_labels), class_ids, prompts.text)
+
+    def prompt_tokens(
+        self, points: tuple[torch.Tensor, torch.Tensor] | None, class_ids: torch.Tensor, text: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Labelled points (or None) and, with ``text``, the class token of each of ``class_ids`` [B, C]."""
+        tokens = [] if points is None else [self.point_tokens(*points)]
+        class_tokens = None
+        if text and self.class_prompt is not None:
+            class_tokens = self.class_prompt(class_ids)[:, :, 0]  # [B, C, w]
+            tokens.append(class_tokens[:, :, None])
         if not tokens:
             raise ValueError(
                 "no prompt: give boxes or points, or text (label names) with a class prompt configured"
             )
-        return torch.cat(tokens, 2), text
+        return torch.cat(tokens, 2), class_tokens
 
     def forward(self, volumes: torch.Tensor, prompts: Prompts | None = None) -> torch.Tensor:
         """Segment ``volumes`` ``[B, C_in, *roi]``; per-class logits ``[B, C, *roi]``."""
         return self.segment(self.segvol.embed(volumes), prompts, tuple(volumes.shape[2:]))
+
+    def image_embeddings(self, volumes: torch.Tensor) -> torch.Tensor:
+        """The image encoder: ``[B, C_in, *roi]`` -> ``[B, w, *grid]``."""
+        return self.segvol.embed(volumes)
 
     def segment(
         self, embedding: torch.Tensor, prompts: Prompts | None, size: tuple[int, ...]
     ) -> torch.Tensor:
         """Decode an image embedding ``[B, w, *grid]`` under ``prompts`` to logits at ``size``."""
         prompts = prompts or Prompts()
-        b = embedding.shape[0]
-        sparse, text = self.sparse_tokens(prompts, b)
-        c = sparse.shape[1]
+        sparse, text = self.sparse_tokens(prompts, embedding.shape[0])
+        return self.decode_tokens(embedding, sparse, text, size)
+
+    def decode_tokens(
+        self, embedding: torch.Tensor, sparse: torch.Tensor, text: torch.Tensor | None, size: tuple[int, ...]
+    ) -> torch.Tensor:
+        """The mask decoder on prompt tokens ``[B, C, T, w]`` (and text tokens ``[B, C, w]``), one row per
+        (image, class): logits ``[B, C, *size]``."""
+        b, c = sparse.shape[:2]
         pe = self.segvol.prompt_encoder
-        image = embedding.repeat_interleave(c, 0)
+        image = per_class(embedding, c)
         dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1, 1)
         image_pe = pe.pe_layer.grid(tuple(embedding.shape[2:]))[None]
         rows = text.reshape(b * c, -1) if text is not None else None
