@@ -570,6 +570,48 @@ def export(
     typer.echo("max |onnxruntime - PyTorch|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
 
 
+@app.command()
+def serve(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint, run directory or ONNX export folder")],
+    host: Annotated[
+        str, typer.Option(help="Address to bind; anything but 127.0.0.1 is reachable by others")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port")] = 8765,
+    engine: Annotated[str, typer.Option(help="auto (by folder), torch or onnx")] = "auto",
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted")] = 512.0,
+    window: Annotated[
+        str | None,
+        typer.Option(help="CT window preset for volumes; default: percentiles (3D models: data.window)"),
+    ] = None,
+) -> None:
+    """A local page to open an image (PNG, JPEG, DICOM) or NIfTI volume, click points, drag a box or segment
+    every label by name, and download the mask (PNG, or NIfTI on the input's grid)."""
+    try:
+        from medpeft.deploy.serve import load_server, make_app
+    except ImportError as e:
+        _fail(
+            f"{e.name} is not installed; medpeft serve needs the deploy extra: pip install 'medpeft[deploy]'"
+        )
+    _choice("--engine", engine, ("auto", *ENGINES))
+    if max_upload_mb <= 0:
+        _fail(f"--max-upload-mb {max_upload_mb}: expected a positive size")
+    with _one_line_errors():
+        server = load_server(checkpoint, engine, max_upload_mb, window)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(
+            f"warning: serving on {host}: anyone who can reach this machine can open images and read masks "
+            "(there is no authentication); use 127.0.0.1 unless this network is trusted",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    import uvicorn
+
+    typer.echo(
+        f"medpeft serve: http://{host}:{port}/ ({server.engine}, labels {server.labels}); Ctrl-C stops"
+    )
+    uvicorn.run(make_app(server), host=host, port=port, log_level="warning")
+
+
 @app.command("check-data")
 def check_data(
     root: Annotated[Path, typer.Argument(help="Volume dataset (dataset.json, or images/ + labels/)")],
