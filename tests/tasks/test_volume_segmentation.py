@@ -229,3 +229,38 @@ def test_a_merged_model_is_a_base(trained, tmp_path) -> None:
     learned = trained_model.class_prompt.embedding.weight
     assert torch.equal(swapped.class_prompt.embedding.weight[0], learned[1])
     assert torch.equal(swapped.class_prompt.embedding.weight[1], learned[0])
+
+
+def test_the_page_serves_a_3d_model(trained, synthetic) -> None:
+    """serve on SegVol: label names segment the whole volume; a click on a slice is a 3D point; the
+    download is a NIfTI on the input's grid holding what the page showed."""
+    pytest.importorskip("fastapi")
+    import gzip
+
+    import nibabel as nib
+
+    from medpeft.data.io import DataError
+    from medpeft.deploy.serve import load_server
+
+    server = load_server(trained)
+    assert server.info()["volume_model"]
+    with pytest.raises(DataError, match="3D model"):
+        server.open("slice.png", b"\x89PNG")
+    source = synthetic / "imagesTr" / "synthetic_000.nii.gz"
+    opened = server.open(source.name, source.read_bytes())
+    assert opened["kind"] == "volume" and opened["shape"] == [40, 32, 16]
+    auto = server.segment({"id": opened["id"], "auto": True, "axis": 2, "index": 8})
+    assert auto["segmented"] == "all labels" and sum(auto["pixels"].values()) > 0
+    truth = np.asarray(nib.load(str(synthetic / "labelsTr" / source.name)).dataobj)
+    x, y, z = (int(v) for v in np.argwhere(truth == 1).mean(0))
+    # display column c <-> x = 39 - c, row r <-> y = 31 - r on an axial slice (RAS, identity affine)
+    click = server.segment(
+        {"id": opened["id"], "label": "ball", "axis": 2, "index": z, "points": [[39 - x, 31 - y, 1]]}
+    )
+    assert click["segmented"] == "ball" and click["pixels"]["ball"] > 0
+    data, name, _ = server.mask(opened["id"])
+    saved = nib.Nifti1Image.from_bytes(gzip.decompress(data))
+    labels = np.asarray(saved.dataobj)
+    assert name == "synthetic_000_mask.nii.gz" and labels.shape == truth.shape
+    assert np.allclose(saved.affine, np.eye(4))
+    assert int((labels == 1).sum()) == click["pixels"]["ball"] and labels[x, y, z] == 1
