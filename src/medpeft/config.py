@@ -194,6 +194,11 @@ class PromptConfig(_Strict):
     box_jitter: float = Field(0.1, ge=0.0)
     n_pos_points: int = Field(1, ge=0)
     n_neg_points: int = Field(0, ge=0)
+    # SAM's interactive training: a share (click_p) of micro-batches first runs 1..click_rounds rounds
+    # without gradient, each adding a click at the largest error region and keeping the logits as the
+    # next round's mask input; the trained forward then sees those clicks and that mask (SAM, SAM2)
+    click_rounds: int = Field(0, ge=0)
+    click_p: float = Field(0.5, ge=0.0, le=1.0)
 
     @field_validator("train_modes")
     @classmethod

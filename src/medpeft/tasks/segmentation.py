@@ -88,6 +88,16 @@ def sample_mode(modes: dict[str, float], seed: int, step: int, micro: int) -> st
     return rng.choices(names, weights=[modes[n] for n in names], k=1)[0]
 
 
+def sample_click_rounds(cfg: Config, step: int, micro: int) -> int:
+    """Simulated click rounds before one micro-batch's trained forward (0: none), reproducible from
+    (seed, step, micro), so a resumed run draws the same."""
+    p = cfg.prompts
+    if not p.click_rounds:
+        return 0
+    rng = random.Random(cfg.train.seed * 1_000_003 + step * 1_009 + micro + 500_009)
+    return rng.randint(1, p.click_rounds) if rng.random() < p.click_p else 0
+
+
 @register_task
 class SegmentationTask(Task):
     """Each micro-batch draws its prompt mode (box, point, box+point, auto) from ``prompts.train_modes``;
@@ -112,7 +122,20 @@ class SegmentationTask(Task):
         self, model: nn.Module, batch: dict[str, Any], step: int, micro: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
         mode = sample_mode(self.cfg.prompts.train_modes, self.cfg.train.seed, step, micro)
-        logits = model(batch["image"], Prompts.from_batch(batch, mode), **model_inputs(batch))
+        prompts = Prompts.from_batch(batch, mode)
+        rounds = sample_click_rounds(self.cfg, step, micro)
+        if rounds:
+            from medpeft.tasks.segmentation_clicks import click_rounds
+
+            segmenter = getattr(model, "module", model)  # the rounds call the segmenter's own parts
+            if not hasattr(segmenter, "mask_prompt") or model_inputs(batch):
+                raise ValueError(
+                    f"prompts.click_rounds = {self.cfg.prompts.click_rounds}: clicks are simulated with SAM's "
+                    f"mask input, which {self.cfg.model.backbone} models (or depth-guided ones) do not take; "
+                    "set it to 0"
+                )
+            prompts = click_rounds(segmenter, batch, prompts, rounds)
+        logits = model(batch["image"], prompts, **model_inputs(batch))
         return self.loss_fn(logits, batch["masks"], batch.get("class_valid"))
 
     def validate(self, model: nn.Module, dataset: Dataset) -> float:

@@ -7,6 +7,7 @@ input, and record Dice after every click.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,52 @@ def next_click(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float, int] 
     return float(x), float(y), best[2]
 
 
+def to_mask_input(logits: torch.Tensor) -> torch.Tensor:
+    """SAM's dense prompt from logits at the model's input size: the same logits at a quarter of it."""
+    return F.interpolate(logits, scale_factor=0.25, mode="bilinear", align_corners=False)
+
+
+def add_clicks(
+    points: torch.Tensor, labels: torch.Tensor, pred: np.ndarray, truth: np.ndarray, present: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One more click per (image, class) ``[B, C]`` where the class is ``present``, by :func:`next_click`
+    (a "not a point" elsewhere or where the prediction is exact): points ``[B, C, N + 1, 2]``."""
+    new = torch.zeros(*truth.shape[:2], 1, 2)
+    new_labels = torch.full((*truth.shape[:2], 1), -1, dtype=torch.long)
+    for b, c in zip(*np.nonzero(present), strict=True):
+        click = next_click(pred[b, c], truth[b, c])
+        if click is not None:
+            new[b, c, 0] = torch.tensor(click[:2])
+            new_labels[b, c, 0] = click[2]
+    return torch.cat([points, new.to(points)], 2), torch.cat([labels, new_labels.to(labels.device)], 2)
+
+
+@torch.no_grad()
+def click_rounds(model: nn.Module, batch: dict[str, Any], prompts: Prompts, rounds: int) -> Prompts:
+    """SAM's iterative training rounds (no gradient): from ``prompts``, add ``rounds`` clicks at the largest
+    error region of each present class, each round fed the previous logits as the mask input; returns the
+    prompts of the next round (all clicks, the last logits as ``masks``). The image is encoded once."""
+    images = batch["image"]
+    truth = (batch["masks"] > 0.5).cpu().numpy()
+    present = batch["class_valid"].cpu().numpy() & truth.any((2, 3))
+    shape = (*truth.shape[:2], 0)
+    points = prompts.points if prompts.points is not None else images.new_zeros(*shape, 2)
+    labels = prompts.point_labels
+    if labels is None:
+        labels = torch.ones(points.shape[:-1], dtype=torch.long, device=images.device)
+    was_training = model.training
+    model.eval()  # the rounds only pick clicks: no dropout, no statistics updated
+    try:
+        embeddings = model.image_embeddings(images)
+        for _ in range(rounds):
+            logits = model.segment(embeddings, prompts, images.shape[-2:]).float()
+            points, labels = add_clicks(points, labels, (logits > 0).cpu().numpy(), truth, present)
+            prompts = replace(prompts, points=points, point_labels=labels, masks=to_mask_input(logits))
+    finally:
+        model.train(was_training)
+    return prompts
+
+
 @torch.no_grad()
 def simulate_clicks(
     model: nn.Module,
@@ -58,7 +105,6 @@ def simulate_clicks(
     if start not in START_MODES:
         raise ValueError(f"click simulation starts from {' or '.join(START_MODES)}, not {start!r}")
     names = list(dataset.label_names)
-    mask_input_on = mask_input
     sums = np.zeros((clicks, len(names)))
     counts = np.zeros(len(names))
     was_training = model.training
@@ -75,7 +121,7 @@ def simulate_clicks(
                 if start == "point"
                 else torch.zeros(*truth.shape[:2], 0).long()
             )
-            mask_input = None
+            masks = None
             for k in range(clicks):
                 prompts = Prompts(
                     boxes=batch["boxes"] if start == "box" else None,
@@ -83,25 +129,15 @@ def simulate_clicks(
                     points=points if points.shape[2] else None,
                     point_labels=labels if points.shape[2] else None,
                     class_ids=batch["class_ids"],
-                    masks=mask_input,
+                    masks=masks,
                 ).to(model.device)
                 logits = model(images, prompts).float().cpu()
                 pred = (logits > 0).numpy()
                 dice = dice_per_class(pred, truth).numpy()
                 for b, c in zip(*np.nonzero(present), strict=True):
                     sums[k, ids[b, c]] += dice[b, c]
-                if mask_input_on:
-                    mask_input = F.interpolate(
-                        logits, scale_factor=0.25, mode="bilinear", align_corners=False
-                    )
-                new = torch.zeros(*truth.shape[:2], 1, 2)
-                new_labels = torch.full((*truth.shape[:2], 1), -1, dtype=torch.long)
-                for b, c in zip(*np.nonzero(present), strict=True):
-                    click = next_click(pred[b, c], truth[b, c])
-                    if click is not None:
-                        new[b, c, 0] = torch.tensor(click[:2])
-                        new_labels[b, c, 0] = click[2]
-                points, labels = torch.cat([points, new], 2), torch.cat([labels, new_labels], 2)
+                masks = to_mask_input(logits) if mask_input else None
+                points, labels = add_clicks(points, labels, pred, truth, present)
             for b, c in zip(*np.nonzero(present), strict=True):
                 counts[ids[b, c]] += 1
     finally:
@@ -112,7 +148,7 @@ def simulate_clicks(
     return {
         "start": start,
         "clicks": clicks,
-        "mask_input": mask_input_on,
+        "mask_input": mask_input,
         "per_class": per_class,
         "mean": mean,
     }
