@@ -305,7 +305,11 @@ def _session(path: Path):
         ) from None
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.intra_op_num_threads = torch.get_num_threads()  # as many as PyTorch, not every core
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads yield the CPU
+    # onnxruntime-gpu lists CUDA first; Azure's is a remote endpoint provider, never wanted here
+    providers = [p for p in ort.get_available_providers() if p != "AzureExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
