@@ -11,6 +11,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		echo "note: no chromium on PATH (apt install chromium): the prompting page's browser tests will skip"
 	touch $@
 
 venv: $(VENV)/.installed

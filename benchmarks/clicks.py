@@ -95,6 +95,7 @@ def picture(rows: list[dict[str, Any]], path: Path) -> None:
                 ax.plot(range(1, len(values) + 1), values, style, color=colour, marker="o", ms=3, label=label)
         ax.set_title(f"from a {start}", fontsize=9)
         ax.set_xlabel("click")
+        ax.set_xticks(range(1, len(rows[0][start]) + 1))
     axes[0].set_ylabel("mean Dice (held-out subjects)")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
