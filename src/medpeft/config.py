@@ -258,6 +258,9 @@ class TrainConfig(_Strict):
     num_workers: int = Field(0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # image embeddings computed once when nothing up to the encoder trains and images are not augmented:
+    # auto (in memory when possible), memory, disk ($MEDPEFT_CACHE/embeddings), off
+    embedding_cache: Literal["auto", "memory", "disk", "off"] = "auto"
     cpu: bool = False  # force CPU even when a GPU is present
 
 

@@ -22,6 +22,7 @@ from medpeft.adapters.registry import AdapterMethod
 from medpeft.config import Config, dump_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_model, build_optimizer, make_record
+from medpeft.engine.embedding_cache import EmbeddingCache, cache_mode
 from medpeft.engine.html_report import write_report
 from medpeft.engine.report import trainable_share
 from medpeft.engine.rundir import RunDirExists, check_replaceable, create_run_dir, data_paths
@@ -159,6 +160,11 @@ def train(
         expected=resume_record.base_model if resume_record else None,
         expected_depth=resume_record.depth_model if resume_record else None,
     )
+    cache, cache_line = cache_mode(cfg, model, accelerator.num_processes)
+    if cache != "off":
+        task.embedding_cache = EmbeddingCache(train_ds, identity.sha256, cfg, disk=cache == "disk")
+    if cache_line and accelerator.is_main_process:
+        print(f"[medpeft] {cache_line}")
     optimizer = build_optimizer(cfg, model)
     penalties = method_penalties(cfg)
     fields = log_fields(task, penalties)

@@ -39,6 +39,7 @@ class Task:
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
+        self.embedding_cache: Any = None  # set by the trainer when image embeddings are cached
 
     def splits(self) -> Splits:
         raise NotImplementedError

@@ -135,7 +135,12 @@ class SegmentationTask(Task):
                     "set it to 0"
                 )
             prompts = click_rounds(segmenter, batch, prompts, rounds)
-        logits = model(batch["image"], prompts, **model_inputs(batch))
+        if self.embedding_cache is not None:  # the frozen encoder's output, stored: decode only
+            segmenter = getattr(model, "module", model)
+            embeddings = self.embedding_cache.embeddings(segmenter, batch)
+            logits = segmenter.segment(embeddings, prompts, tuple(batch["image"].shape[-2:]))
+        else:
+            logits = model(batch["image"], prompts, **model_inputs(batch))
         return self.loss_fn(logits, batch["masks"], batch.get("class_valid"))
 
     def validate(self, model: nn.Module, dataset: Dataset) -> float:
