@@ -84,7 +84,7 @@ def measure(job: str, args: argparse.Namespace) -> dict[str, Any]:
     from medpeft.engine.step import method_penalties, training_loss
     from medpeft.tasks.base import make_task
 
-    backbone, method = job.split(":")
+    backbone, method, saver = (job.split(":") + ["none"])[:3]
     base, size = BACKBONES[backbone]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,6 +97,11 @@ def measure(job: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     model, _ = build_model(cfg, ["target"])
     model.train()
+    if saver == "checkpoint":
+        from medpeft.engine.grad_checkpoint import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=saver == "bf16")
     optimizer = build_optimizer(cfg, model)
     task, penalties = make_task(cfg), method_penalties(cfg)
     trainable, total = trainable_share(model)
@@ -105,7 +110,8 @@ def measure(job: str, args: argparse.Namespace) -> dict[str, Any]:
 
     def step() -> tuple[float, float, float, float, float]:
         c0, t0 = time.process_time(), time.perf_counter()
-        loss, _ = training_loss(task, penalties, model, batch, 0, 0)
+        with autocast:
+            loss, _ = training_loss(task, penalties, model, batch, 0, 0)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -128,6 +134,7 @@ def measure(job: str, args: argparse.Namespace) -> dict[str, Any]:
         "base": base,
         "image_size": size,
         "method": method,
+        "saver": saver,
         "adapters": METHODS[method],
         "trainable": trainable,
         "total": total,
@@ -154,24 +161,24 @@ def run_worker(job: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd += ["--batch", str(args.batch)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    backbone, method = job.split(":")
-    return run_marked_worker(cmd, {"backbone": backbone, "method": method})
+    backbone, method, saver = (job.split(":") + ["none"])[:3]
+    return run_marked_worker(cmd, {"backbone": backbone, "method": method, "saver": saver})
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     """A fixed-width table of the result rows."""
     header = (
-        f"{'backbone':<15} {'method':<10} {'trainable':>12} {'share':>8} {'s/step':>7} {'fwd':>6} {'bwd':>6} {'opt':>6} {'cpu s':>6} "
+        f"{'backbone':<15} {'method':<10} {'saver':<10} {'trainable':>12} {'share':>8} {'s/step':>7} {'fwd':>6} {'bwd':>6} {'opt':>6} {'cpu s':>6} "
         f"{'rss0 MiB':>9} {'train peak':>11} {'peak MiB':>9}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         if "error" in r:
-            print(f"{r['backbone']:<15} {r['method']:<10} {r['error']}")
+            print(f"{r['backbone']:<15} {r['method']:<10} {r.get('saver', 'none'):<10} {r['error']}")
             continue
         print(
-            f"{r['backbone']:<15} {r['method']:<10} {r['trainable']:>12,} {100 * r['share']:>7.3f}% {r['seconds_per_step']:>7.2f} "
+            f"{r['backbone']:<15} {r['method']:<10} {r.get('saver', 'none'):<10} {r['trainable']:>12,} {100 * r['share']:>7.3f}% {r['seconds_per_step']:>7.2f} "
             f"{r['forward_s']:>6.2f} {r['backward_s']:>6.2f} {r['optimizer_s']:>6.2f} {r['cpu_seconds_per_step']:>6.2f} "
             f"{r['rss_before_mib']:>9.0f} {r['train_peak_mib']:>11.0f} {r['peak_rss_mib']:>9.0f}"
         )
@@ -187,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
     parser.add_argument("--backbones", nargs="+", choices=list(BACKBONES), default=list(BACKBONES))
     parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument(
+        "--savers",
+        nargs="+",
+        choices=["none", "checkpoint", "bf16"],
+        default=["none"],
+        help="memory savers: gradient checkpointing of the encoder blocks, bf16 autocast",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/train_step.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -213,9 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for backbone in args.backbones:
         for method in args.methods:
-            row = run_worker(f"{backbone}:{method}", args)
-            rows.append(row)
-            print(f"  done {backbone} {method} in {row['wall_s']:.0f} s", file=sys.stderr, flush=True)
+            for saver in args.savers:
+                row = run_worker(f"{backbone}:{method}:{saver}", args)
+                rows.append(row)
+                print(
+                    f"  done {backbone} {method} {saver} in {row['wall_s']:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     ok = [r for r in rows if "error" not in r]
     if ok:
         config.update(torch=ok[0]["torch"], threads=ok[0]["threads"])

@@ -261,6 +261,8 @@ class TrainConfig(_Strict):
     # image embeddings computed once when nothing up to the encoder trains and images are not augmented:
     # auto (in memory when possible), memory, disk ($MEDPEFT_CACHE/embeddings), off
     embedding_cache: Literal["auto", "memory", "disk", "off"] = "auto"
+    # recompute the image encoder blocks' activations in the backward pass instead of keeping them
+    gradient_checkpointing: bool = False
     cpu: bool = False  # force CPU even when a GPU is present
 
 

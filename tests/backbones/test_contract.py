@@ -207,3 +207,24 @@ def test_galore_targets_resolve_on_every_backbone(backbone: str, tmp_path) -> No
     groups = build_optimizer(cfg, model).param_groups
     projected = [n for g in groups if g.get("galore") for n in g["param_names"]]
     assert len(projected) == len(_linears(model, backbone, "attn"))
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_gradient_checkpointing_keeps_gradients(backbone: str, tmp_path) -> None:
+    """Checkpointed encoder blocks give the same loss and gradients (LoRA inside the blocks, so the
+    recomputed forward must carry the adapters)."""
+    from medpeft.engine.grad_checkpoint import enable_gradient_checkpointing
+
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model, _ = build_model(_cfg(backbone, "lora", tmp_path), LABELS)
+        model.train()
+        if checkpointed:
+            assert enable_gradient_checkpointing(model) >= 2
+        out = _forward(model, get_backbone(backbone).name, BACKBONES[backbone][1])
+        out.pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-4, atol=1e-6, msg=name)

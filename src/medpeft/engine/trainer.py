@@ -23,6 +23,7 @@ from medpeft.config import Config, dump_config
 from medpeft.engine import checkpoint as ckpt
 from medpeft.engine.build import build_model, build_optimizer, make_record
 from medpeft.engine.embedding_cache import EmbeddingCache, cache_mode
+from medpeft.engine.grad_checkpoint import enable_gradient_checkpointing
 from medpeft.engine.html_report import write_report
 from medpeft.engine.report import trainable_share
 from medpeft.engine.rundir import RunDirExists, check_replaceable, create_run_dir, data_paths
@@ -125,6 +126,19 @@ def truncate_log(path: Path, step: int) -> None:
     ckpt.atomic_write(path, write)
 
 
+def check_mixed_precision(mode: str, cpu: bool) -> None:
+    """One line instead of a crash deep in a kernel when the device cannot compute in ``mode``."""
+    if mode == "no":
+        return
+    if torch.cuda.is_available() and not cpu:
+        if mode == "bf16" and not torch.cuda.is_bf16_supported():
+            name = torch.cuda.get_device_name()
+            raise ValueError(f"train.mixed_precision: bf16: {name} has no bfloat16 support; use fp16")
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() and not cpu:
+        if mode == "bf16":
+            raise ValueError("train.mixed_precision: bf16 is not supported on Apple MPS; use fp16 or no")
+
+
 def train(
     cfg: Config,
     resume: bool = False,
@@ -142,6 +156,7 @@ def train(
     replace = False
     if resume_dir is None:
         replace = check_replaceable(run_dir, overwrite, data_paths(cfg))
+    check_mixed_precision(cfg.train.mixed_precision, cfg.train.cpu)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
         cpu=cfg.train.cpu,
@@ -160,6 +175,10 @@ def train(
         expected=resume_record.base_model if resume_record else None,
         expected_depth=resume_record.depth_model if resume_record else None,
     )
+    if cfg.train.gradient_checkpointing:
+        blocks = enable_gradient_checkpointing(model)
+        if accelerator.is_main_process:
+            print(f"[medpeft] gradient checkpointing: {blocks} encoder blocks recompute their activations")
     cache, cache_line = cache_mode(cfg, model, accelerator.num_processes)
     if cache != "off":
         task.embedding_cache = EmbeddingCache(train_ds, identity.sha256, cfg, disk=cache == "disk")
