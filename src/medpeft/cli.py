@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import typing
 from collections.abc import Iterator
@@ -89,11 +90,18 @@ def train(
         typer.Option(help="Continue from this checkpoint of the run (later ones are dropped)"),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory")] = False,
+    processes: Annotated[
+        int, typer.Option(help="Data-parallel processes on this machine (GPUs, or CPU processes on gloo)")
+    ] = 1,
 ) -> None:
     """Fine-tune a model as the config says."""
     from medpeft.config import load_config
     from medpeft.engine.trainer import train as run_train
 
+    if processes < 1:
+        _fail(f"--processes {processes}: expected 1 or more")
+    if processes > 1 and "WORLD_SIZE" not in os.environ:  # relaunch this command as N processes
+        raise typer.Exit(_launch(processes))
     resume = resume or resume_from is not None
     with _one_line_errors():
         cfg = load_config(config, set_)
@@ -104,7 +112,27 @@ def train(
         if result.best_score is None
         else f"best validation {result.metric} {result.best_score:.4f}"
     )
-    typer.echo(f"done: {result.steps} steps, {best}; run in {result.run_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one summary line, from the process that validated
+        typer.echo(f"done: {result.steps} steps, {best}; run in {result.run_dir}")
+
+
+def _launch(processes: int) -> int:
+    """Run this ``train`` command again under torch's launcher (what ``accelerate launch`` and torchrun
+    do): N local processes, each told its rank; accelerate picks the backend (NCCL on GPUs, gloo on CPU)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [
+        a
+        for i, a in enumerate(sys.argv[1:])
+        if not (a.startswith("--processes") or sys.argv[i] == "--processes")
+    ]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    command += ["--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "medpeft", *args]
+    return subprocess.call(command)
 
 
 def _choice(option: str, value: str | None, valid: tuple[str, ...]) -> None:

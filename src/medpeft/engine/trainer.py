@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -70,6 +71,7 @@ def find_resume_checkpoint(run_dir: Path, resume: bool, resume_from: Path | None
                 f"--resume-from {directory}: not a checkpoint of the run in {run_dir} "
                 f"(expected {run_dir}/checkpoints/step-N)"
             )
+        directory = run_dir / "checkpoints" / directory.resolve().name  # the run's own spelling of it
     elif resume:
         directory = ckpt.resolve_pointer(run_dir, "last")
         if directory is None:
@@ -159,9 +161,19 @@ def train(
     check_mixed_precision(cfg.train.mixed_precision, cfg.train.cpu)
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
-        cpu=cfg.train.cpu,
+        # several processes without a GPU: accelerate's multi-CPU mode (gloo) only when told "cpu"
+        cpu=cfg.train.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()),
         mixed_precision=cfg.train.mixed_precision,
+        # train.batch_size is the global batch: N processes see the samples 1 process would
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        # a prompt mode leaves some trainable tensors unused in a step (SAM's mask encoder without a mask)
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if cfg.train.batch_size % accelerator.num_processes:
+        raise ValueError(
+            f"train.batch_size {cfg.train.batch_size} is the global batch; it must split evenly over "
+            f"{accelerator.num_processes} processes"
+        )
     set_seed(cfg.train.seed)
     task = make_task(cfg)
     splits = task.splits()
@@ -226,6 +238,7 @@ def train(
     elif accelerator.is_main_process:
         create_run_dir(run_dir, replace)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+    accelerator.wait_for_everyone()  # the run folder is ready before any process goes on
 
     model, optimizer = accelerator.prepare(model, optimizer)
     writer = (
@@ -298,10 +311,15 @@ def train(
                 loss, terms = training_loss(
                     task, penalties, model, batch, step, micro, accelerator.unwrap_model(model)
                 )
-                if not torch.isfinite(loss):
-                    raise stop(f"the loss became {loss.item()} (terms {terms})")
+                terms = dict(terms, loss=float(loss.detach()))
+                if accelerator.num_processes > 1:  # every process logs and judges the same (mean) values
+                    names = sorted(terms)
+                    mean = accelerator.reduce(torch.tensor([terms[k] for k in names]), "mean")
+                    terms = dict(zip(names, mean.tolist(), strict=True))
+                if not math.isfinite(terms["loss"]):
+                    raise stop(f"the loss became {terms['loss']} (terms {terms})")
                 accelerator.backward(loss)
-                for k, v in dict(terms, loss=float(loss.detach())).items():
+                for k, v in terms.items():
                     terms_acc[k] = terms_acc.get(k, 0.0) + v
                 micro += 1
                 if accelerator.sync_gradients:
@@ -335,6 +353,8 @@ def train(
                 and accelerator.is_main_process
             ):
                 save(["last"], epoch)
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and not ends_epoch:
+                accelerator.wait_for_everyone()
             if step >= total_steps:
                 break
         epoch_complete = step >= (epoch + 1) * steps_per_epoch or step >= total_steps
@@ -353,6 +373,7 @@ def train(
             if improved:
                 best = score
             save(["last", "best"] if improved else ["last"], epoch, score)
+        accelerator.wait_for_everyone()  # no process reads or outruns a checkpoint still being written
     bar.close()
     if writer is not None:
         writer.close()
