@@ -1,10 +1,11 @@
-"""Benchmark: the cached-embedding fast path, and the memory savers.
+"""Benchmark: the cached-embedding fast path, and 1 vs 2 training processes.
 
 1. Decoder-only training (prompt encoder + mask decoder) of SAM ViT-B at 256 px on synthetic images,
    epoch time with and without ``train.embedding_cache`` (the first epoch fills the cache), and the
    per-step losses of both (the same, up to float rounding).
-2. Peak memory and step time of full fine-tuning of ViT-B at batch 4 with no saver, gradient
-   checkpointing of the encoder blocks, and bf16 autocast, each in a fresh process (``train_step.py``).
+2. The same LoRA run with 1 and 2 processes at the same global batch (``train --processes``): steps/s,
+   the peak memory of the largest process, and the losses (equal).
+The memory savers (gradient checkpointing, bf16) are measured by ``train_step.py --savers``.
 
     python benchmarks/scale.py --out docs/scale.json
     python benchmarks/scale.py --base facebook/sam-vit-huge --image-size 1024 --device cuda   # GPU
@@ -79,19 +80,54 @@ def cache_epochs(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def savers(args: argparse.Namespace) -> list[dict[str, Any]]:
-    import train_step
+def processes(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The same LoRA run (``--process-base`` at 256, global batch 4) with 1 and 2 processes (each one
+    thread, as on this 2-core machine): steps/s and the peak RSS of the largest process."""
+    import csv
+    import os
+    import resource
+    import subprocess
 
-    ns = argparse.Namespace(steps=args.saver_steps, batch=4, threads=args.threads)
+    import yaml
+
+    from conftest import make_shapes_dataset
+
+    root = Path(tempfile.mkdtemp())
+    data = make_shapes_dataset(root / "shapes", n=40, size=256, big=True)
     rows = []
-    for saver in ("none", "checkpoint", "bf16"):
-        row = train_step.run_worker(f"sam:full:{saver}", ns)
-        rows.append(row)
-        print(
-            f"  full fine-tuning, {saver}: {row.get('train_peak_mib', float('nan')):.0f} MiB, "
-            f"{row.get('seconds_per_step', float('nan')):.2f} s/step",
-            flush=True,
+    for n in (1, 2):
+        raw = {
+            "model": {"base": args.process_base, "image_size": 256},
+            "data": {"root": str(data), "split": [0.8, 0.2, 0.0], "augment": {"hflip_p": 0.0}},
+            "adapters": [{"name": "lora", "r": 4}, {"name": "decoder"}],
+            "train": {
+                "output_dir": str(root / f"run{n}"),
+                "epochs": 1,
+                "max_steps": args.process_steps,
+                "batch_size": 4,
+                "log_every": 1,
+            },
+        }
+        (root / f"c{n}.yaml").write_text(yaml.safe_dump(raw))
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        t0 = time.perf_counter()
+        command = [sys.executable, "-m", "medpeft", "train", str(root / f"c{n}.yaml"), "--processes", str(n)]
+        subprocess.run(command, check=True, env=env, capture_output=True)
+        wall = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        log = [r for r in csv.DictReader((root / f"run{n}" / "log.csv").open()) if r.get("loss")]
+        seconds = float(log[-1]["seconds"]) - float(log[0]["seconds"])
+        rows.append(
+            {
+                "processes": n,
+                "steps_per_second": (len(log) - 1) / seconds,
+                "wall_seconds": wall,
+                "peak_rss_mib_largest_process": max(peak, before) / 1024.0,
+                "losses": [float(r["loss"]) for r in log],
+            }
         )
+        print(f"  {n} process(es): {rows[-1]['steps_per_second']:.2f} steps/s", flush=True)
     return rows
 
 
@@ -105,35 +141,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--saver-steps", type=int, default=2)
+    p.add_argument("--process-base", default="sam-mini-med")
+    p.add_argument("--process-steps", type=int, default=12)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print("[scale] decoder-only epochs, embedding cache off / on", flush=True)
     cache = cache_epochs(args)
-    print("[scale] memory savers, full fine-tuning of ViT-B at batch 4", flush=True)
-    saver_rows = savers(args)
-    base = next(r for r in saver_rows if r.get("saver") == "none")
+    print("[scale] 1 vs 2 processes, LoRA, global batch 4", flush=True)
+    proc = processes(args)
+    one = proc[0]
     lines = [
-        f"decoder-only epoch (s), cache off: {', '.join(f'{t:.1f}' for t in cache['plain']['epoch_seconds'])}; "
-        f"on: {', '.join(f'{t:.1f}' for t in cache['cached']['epoch_seconds'])}; "
+        f"decoder-only epoch (s), cache off: {', '.join(f'{t:.2f}' for t in cache['plain']['epoch_seconds'])}; "
+        f"on: {', '.join(f'{t:.2f}' for t in cache['cached']['epoch_seconds'])}; "
         f"{cache['speedup_after_first']:.1f}x after the first epoch; max |loss difference| {cache['max_loss_difference']:.1e}",
         "",
-        "| saver | train peak MiB | vs none | s/step |",
-        "|---|---|---|---|",
+        "| processes | steps/s | efficiency | peak RSS MiB (largest process) | max |loss - 1 process| |",
+        "|---|---|---|---|---|",
     ]
-    for r in saver_rows:
-        if "error" in r:
-            lines.append(f"| {r['saver']} | {r['error']} | | |")
-            continue
-        change = (
-            r["train_peak_mib"] / base["train_peak_mib"] - 1 if "train_peak_mib" in base else float("nan")
-        )
+    for r in proc:
+        diff = max(abs(a - b) for a, b in zip(r["losses"], one["losses"], strict=True))
+        efficiency = r["steps_per_second"] / one["steps_per_second"] / r["processes"]
         lines.append(
-            f"| {r['saver']} | {r['train_peak_mib']:.0f} | {100 * change:+.0f}% | {r['seconds_per_step']:.2f} |"
+            f"| {r['processes']} | {r['steps_per_second']:.2f} | {100 * efficiency:.0f}% | "
+            f"{r['peak_rss_mib_largest_process']:.0f} | {diff:.1e} |"
         )
     return report(
-        saver_rows,
+        proc,
         "\n".join(lines),
         args.out,
         settings={k: str(v) for k, v in vars(args).items()},

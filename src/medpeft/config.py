@@ -68,6 +68,10 @@ class ModelConfig(_Strict):
     base: str = "sam-tiny"  # preset name, hub id, local HF directory or original .pth
     backbone: str | None = None
     image_size: int | None = None
+    # SAM's attention window: None keeps the base's (ViT-B: 14, so a 16x16 grid at 256 px pads to 28x28);
+    # "auto" a window that tiles the token grid without padding; or a number of tokens (windowed
+    # blocks' rel_pos tables interpolated to it)
+    window_size: int | Literal["auto"] | None = None
     class_prompt: Literal["learned", "text", "none"] = "learned"
     text_encoder: str | None = None  # CLIP hub id or local dir, for class_prompt: text
     text_template: str = "{}"

@@ -61,6 +61,12 @@ def build_model(
     base, identity = load_base(cfg)
     if expected is not None:
         check_base_identity(base, expected)
+    if cfg.model.window_size is not None:
+        if backbone.name != "sam":
+            raise ValueError(f"model.window_size: only SAM's windowed ViT has one, not {backbone.name}")
+        from medpeft.backbones.sam.resize import with_window
+
+        base = with_window(base, cfg.model.window_size)
     torch.manual_seed(cfg.train.seed + 1)
     class_prompt = None
     if backbone.prompt_dim is not None:

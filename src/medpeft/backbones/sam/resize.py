@@ -7,12 +7,13 @@ global-attention blocks. Windowed blocks' tables depend on the window only and a
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
-from transformers import SamConfig
+from transformers import SamConfig, SamModel
 
 POS_EMBED = "vision_encoder.pos_embed"
 _REL_POS = re.compile(r"vision_encoder\.layers\.(\d+)\.attn\.rel_pos_[hw]")
@@ -83,3 +84,37 @@ def port_state_dict(sd: Mapping[str, torch.Tensor], target_config: SamConfig) ->
                 f"needs {2 * vision.window_size - 1}: windowed tables are not resized"
             )
     return out
+
+
+def tiling_window(grid: int, window: int) -> int:
+    """The window that tiles a ``grid`` x ``grid`` token map without padding and is nearest to ``window``
+    (the larger on a tie): 16 for ViT-B's 14 at 256 px (one window) and at 1024 px (4 x 4 windows)."""
+    divisors = [d for d in range(1, grid + 1) if grid % d == 0]
+    return min(divisors, key=lambda d: (abs(d - window), -d))
+
+
+def with_window(model: SamModel, window: int | str) -> SamModel:
+    """``model`` with attention windows of ``window`` tokens (``auto``: :func:`tiling_window`); the windowed
+    blocks' ``rel_pos`` tables are interpolated to ``2 * window - 1``, everything else is loaded as is."""
+    from .loading import build_sam
+
+    vision = model.config.vision_config
+    grid = vision.image_size // vision.patch_size
+    size = tiling_window(grid, vision.window_size) if window == "auto" else int(window)
+    if not 1 <= size <= grid:
+        raise ValueError(
+            f"model.window_size {window}: expected 1..{grid} tokens (the grid at this image size)"
+        )
+    if size == vision.window_size or vision.window_size == 0:
+        return model
+    config = copy.deepcopy(model.config)
+    config.vision_config.window_size = size
+    state = {}
+    for key, value in model.state_dict().items():
+        m = _REL_POS.fullmatch(key)
+        if m is not None and int(m[1]) not in vision.global_attn_indexes:
+            value = resize_rel_pos(value, 2 * size - 1)
+        state[key] = value
+    ported = build_sam(config)
+    ported.load_state_dict(state, strict=True)
+    return ported
