@@ -85,7 +85,6 @@ def processes(args: argparse.Namespace) -> list[dict[str, Any]]:
     thread, as on this 2-core machine): steps/s and the peak RSS of the largest process."""
     import csv
     import os
-    import resource
     import subprocess
 
     import yaml
@@ -110,12 +109,18 @@ def processes(args: argparse.Namespace) -> list[dict[str, Any]]:
         }
         (root / f"c{n}.yaml").write_text(yaml.safe_dump(raw))
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         t0 = time.perf_counter()
         command = [sys.executable, "-m", "medpeft", "train", str(root / f"c{n}.yaml"), "--processes", str(n)]
-        subprocess.run(command, check=True, env=env, capture_output=True)
+        # a fresh parent per run: its children's maximum RSS is this run's largest process alone
+        probe = (
+            "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True);"
+        )
+        probe += " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *command], check=True, env=env, capture_output=True, text=True
+        )
         wall = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        peak = int(done.stdout.split()[-1])
         log = [r for r in csv.DictReader((root / f"run{n}" / "log.csv").open()) if r.get("loss")]
         seconds = float(log[-1]["seconds"]) - float(log[0]["seconds"])
         rows.append(
@@ -123,7 +128,7 @@ def processes(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "processes": n,
                 "steps_per_second": (len(log) - 1) / seconds,
                 "wall_seconds": wall,
-                "peak_rss_mib_largest_process": max(peak, before) / 1024.0,
+                "peak_rss_mib_largest_process": peak / 1024.0,
                 "losses": [float(r["loss"]) for r in log],
             }
         )

@@ -88,9 +88,10 @@ def measure(job: str, args: argparse.Namespace) -> dict[str, Any]:
     base, size = BACKBONES[backbone]
     if args.threads:
         torch.set_num_threads(args.threads)
+    window = "auto" if saver == "unpadded" else None  # SAM's windows tiling the grid (model.window_size)
     cfg = parse_config(
         {
-            "model": {"base": base, "image_size": size, "class_prompt": "learned"},
+            "model": {"base": base, "image_size": size, "class_prompt": "learned", "window_size": window},
             "prompts": {"train_modes": {"box": 1.0}},
             "adapters": METHODS[method],
         }
@@ -197,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--savers",
         nargs="+",
-        choices=["none", "checkpoint", "bf16"],
+        choices=["none", "checkpoint", "bf16", "unpadded"],
         default=["none"],
-        help="memory savers: gradient checkpointing of the encoder blocks, bf16 autocast",
+        help="memory savers (gradient checkpointing of the encoder blocks, bf16 autocast) or SAM's unpadded windows",
     )
     parser.add_argument("--out", type=Path, default=Path("results/train_step.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
