@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -205,7 +202,7 @@ def export_onnx(checkpoint: Path | str, out: Path, opset: int = OPSET) -> dict[s
     The folder is built in a temporary sibling and renamed, so ``out`` is either the complete export or
     untouched; an existing ``out`` is replaced only when it is an earlier export (the caller asks first).
     """
-    from medpeft.engine.build import merge_methods
+    from medpeft.engine.merge import fold_adapters, replace_folder
     from medpeft.engine.restore import load_trained
 
     out = Path(out)
@@ -219,13 +216,9 @@ def export_onnx(checkpoint: Path | str, out: Path, opset: int = OPSET) -> dict[s
         )
     if not hasattr(model, "corner_labels"):
         raise ValueError(f"backbone {cfg.model.backbone!r} is not a promptable segmenter; nothing to export")
-    merge_methods(model, cfg)
-    leftover = sorted(set(model.state_dict()) - model.base_state_keys)
-    if leftover:
-        raise RuntimeError(f"merge left adapter tensors behind: {leftover[:5]}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
-    try:
+    fold_adapters(model, cfg)
+
+    def write(tmp: Path) -> dict[str, Any]:
         manifest = {
             "format": FORMAT,
             "backbone": cfg.model.backbone,
@@ -238,13 +231,9 @@ def export_onnx(checkpoint: Path | str, out: Path, opset: int = OPSET) -> dict[s
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         manifest["max_abs_difference"] = compare(model, OnnxSegmenter(tmp))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+        return manifest
+
+    return replace_folder(out, write)
 
 
 def probe_prompts(model: Any, batch: int, gen: torch.Generator) -> dict[str, Prompts]:

@@ -6,7 +6,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import save_file
@@ -16,6 +18,7 @@ from medpeft.engine.record import AdapterRecord
 from medpeft.engine.restore import load_trained
 from medpeft.models.prompts import Prompts
 
+T = TypeVar("T")
 HEAD_FILE = "medpeft_head.safetensors"
 HEAD_RECORD = "medpeft_head.json"
 
@@ -48,24 +51,40 @@ def merge_checkpoint(checkpoint: Path | str, out: Path, seed: int = 0) -> float:
     gen = torch.Generator().manual_seed(seed)
     probe_input, probe_prompts = _probe(model, int(cfg.model.image_size), gen)
     before = model(probe_input, probe_prompts)
+    fold_adapters(model, cfg)
+    after = model(probe_input, probe_prompts)
+    diff = float((before - after).abs().max())
+
+    def write(tmp: Path) -> None:
+        save(tmp)
+        _write_head(model, record, str(checkpoint), diff, tmp)
+
+    replace_folder(out, write)
+    return diff
+
+
+def fold_adapters(model: torch.nn.Module, cfg: Any) -> None:
+    """Merge every method into the base's own tensors, checking that no adapter tensor is left."""
     merge_methods(model, cfg)
     leftover = sorted(set(model.state_dict()) - model.base_state_keys)
     if leftover:  # every method folded into the base's own tensors, or the merge is not plain weights
         raise RuntimeError(f"merge left adapter tensors behind: {leftover[:5]}")
-    after = model(probe_input, probe_prompts)
-    diff = float((before - after).abs().max())
+
+
+def replace_folder(out: Path, write: Callable[[Path], T]) -> T:
+    """Build a folder with ``write`` in a temporary sibling and rename it to ``out``: ``out`` is either the
+    complete new folder or what it was (callers check that an existing ``out`` is theirs to replace)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
-        save(tmp)
-        _write_head(model, record, str(checkpoint), diff, tmp)
-        if out.exists():  # empty, or an earlier merge output (checked above)
+        result = write(tmp)
+        if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return diff
+    return result
 
 
 def _probe(model: torch.nn.Module, size: int, gen: torch.Generator) -> tuple[torch.Tensor, Prompts | None]:
