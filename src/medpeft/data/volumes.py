@@ -10,17 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from PIL import Image
 
 from .io import DataError
-
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-
-
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(_NIFTI_SUFFIXES)
 
 
 def _volume_stem(path: Path) -> str:
@@ -31,75 +24,13 @@ def _volume_stem(path: Path) -> str:
     return name
 
 
-def load_volume(path: Path, canonical: bool = True) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Read a NIfTI file or a folder of DICOM files -> (array [X, Y, Z], voxel spacing in mm).
+def load_volume(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """(array [X, Y, Z] in RAS, voxel spacing in mm) of a NIfTI file or a DICOM series folder, read by
+    :func:`medpeft.data.volume_io.read_volume` (MONAI): one reader for every volume medpeft opens."""
+    from .volume_io import read_volume
 
-    NIfTI is reoriented to RAS+ when ``canonical`` (else returned as stored); a DICOM series is
-    sorted along the slice normal, rescaled to its real values (e.g. HU) and put in the same
-    RAS+ order.
-    """
-    path = Path(path)
-    if path.is_dir():
-        return _load_dicom_series(path)
-    if not path.is_file():
-        raise DataError(f"volume file not found: {path}")
-    if not _is_nifti(path):
-        raise DataError(f"cannot read volume {path}: expected a .nii / .nii.gz file or a DICOM folder")
-    try:
-        img = nib.load(str(path))
-        if canonical:
-            img = nib.as_closest_canonical(img)
-        data = np.asanyarray(img.dataobj)
-    except Exception as err:  # nibabel raises many types for corrupt files
-        raise DataError(f"cannot read volume {path}: {err}") from None
-    zooms = tuple(round(float(z), 6) for z in img.header.get_zooms()[: data.ndim])  # float32 noise off
-    return data, zooms
-
-
-def _load_dicom_series(folder: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    try:
-        import pydicom
-    except ImportError:  # pragma: no cover - pydicom is a dependency
-        raise DataError("reading DICOM needs pydicom (pip install pydicom)") from None
-    slices = []
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.name.startswith("."):
-            try:
-                ds = pydicom.dcmread(p)
-            except Exception:  # not a DICOM file: skip
-                continue
-            if "PixelData" in ds:
-                slices.append(ds)
-    if not slices:
-        raise DataError(f"no DICOM image files in {folder}")
-    orient = np.array(getattr(slices[0], "ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), float)
-    normal = np.cross(orient[:3], orient[3:])
-
-    def position(ds: object) -> float:
-        ipp = getattr(ds, "ImagePositionPatient", None)
-        return float(np.dot(normal, np.array(ipp, float))) if ipp is not None else float(ds.InstanceNumber)
-
-    slices.sort(key=position)
-    try:
-        stack = np.stack(
-            [
-                s.pixel_array.astype(np.float32) * float(getattr(s, "RescaleSlope", 1))
-                + float(getattr(s, "RescaleIntercept", 0))
-                for s in slices
-            ]
-        )  # [Z, rows, cols]
-    except Exception as err:
-        raise DataError(f"cannot read DICOM series {folder}: {err}") from None
-    row_mm, col_mm = (float(v) for v in getattr(slices[0], "PixelSpacing", [1.0, 1.0]))
-    if len(slices) > 1:
-        z_mm = abs(position(slices[1]) - position(slices[0])) or float(
-            getattr(slices[0], "SliceThickness", 1.0)
-        )
-    else:
-        z_mm = float(getattr(slices[0], "SliceThickness", 1.0))
-    # DICOM rows run anterior->posterior and columns right->left (LPS); flip both for RAS.
-    vol = stack.transpose(2, 1, 0)[::-1, ::-1, :]
-    return np.ascontiguousarray(vol), (col_mm, row_mm, z_mm)
+    volume = read_volume(Path(path))
+    return volume.array, volume.spacing
 
 
 def window(ct: np.ndarray, level: float, width: float) -> np.ndarray:
