@@ -1,6 +1,6 @@
 """3D volumes (NIfTI, DICOM series) and cutting them into a 2D folder dataset.
 
-Volumes are returned in RAS+ axis order (nibabel's closest canonical orientation: x towards the
+Volumes are returned in RAS+ axis order (read by MONAI through :mod:`medpeft.data.volume_io`: x towards the
 patient's right, y anterior, z superior), so axis 2 is axial. Exported slices are shown
 in the radiological convention: anterior at the top, the patient's right on the image's left.
 """
