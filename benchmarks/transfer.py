@@ -146,6 +146,8 @@ def job_config(job: dict[str, Any]) -> dict[str, Any]:
             "base": r.get("base", job["base"]),
             "image_size": job["image_size"],
             "class_prompt": r["class_prompt"],
+            # SAM's attention windows (model.window_size); the U-Net has none
+            **({"window_size": job["window_size"]} if job.get("window_size") and "base" not in r else {}),
         },
         "data": {"root": job["target"], "split_file": job["split_file"]},
         "prompts": {"train_modes": r["modes"], "eval_mode": "box"},
@@ -313,6 +315,7 @@ def plan(args: argparse.Namespace, base: str, out: Path) -> list[dict[str, Any]]
                         "split_file": str(split_file),
                         "run_dir": str(out / "runs" / f"shots-{shots}" / f"seed-{seed}" / method),
                         "image_size": args.image_size,
+                        "window_size": args.window_size,
                         "batch_size": args.batch_size,
                         "galore_rank": args.galore_rank,
                         "text_encoder": args.text_encoder,
@@ -441,6 +444,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--validations", type=int, default=5, help="validations per run (sets train.val_every)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--image-size", type=int, default=256)
+    p.add_argument(
+        "--window-size", default=None, help="SAM's model.window_size: auto or a number (default: the base's)"
+    )
     p.add_argument("--galore-rank", type=int, default=48)
     p.add_argument(
         "--text-encoder",
