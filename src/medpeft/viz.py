@@ -110,14 +110,19 @@ def save_overlay(
     plt.close(fig)
 
 
-def save_label_map(path: Path, masks: np.ndarray, probs: np.ndarray | None = None) -> None:
-    """Write binary masks [C, H, W] as a PNG label map (0 background, c+1 class c; overlaps go to the likeliest)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def label_map(masks: np.ndarray, probs: np.ndarray | None = None) -> np.ndarray:
+    """Binary masks ``[C, ...]`` as one label map (0 background, c + 1 class c; overlaps go to the likeliest
+    by ``probs``), uint8 (uint16 beyond 254 classes)."""
     masks = masks.astype(bool)
     score = probs if probs is not None else masks.astype(np.float32)
     best = np.argmax(np.where(masks, score, -np.inf), axis=0)
-    label = np.where(masks.any(0), best + 1, 0).astype(np.uint8 if masks.shape[0] < 255 else np.uint16)
-    Image.fromarray(label).save(path)
+    return np.where(masks.any(0), best + 1, 0).astype(np.uint8 if masks.shape[0] < 255 else np.uint16)
+
+
+def save_label_map(path: Path, masks: np.ndarray, probs: np.ndarray | None = None) -> None:
+    """Write binary masks [C, H, W] as a PNG label map (:func:`label_map`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(label_map(masks, probs)).save(path)
 
 
 def plot_training_curves(

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -30,7 +29,9 @@ from medpeft.data.transforms import model_input, undo_resize
 from medpeft.data.volume_io import Volume, read_volume, to_uint8, write_label_volume
 from medpeft.data.volumes import from_display, to_display
 from medpeft.models.prompts import Prompts
-from medpeft.viz import class_colours, overlay
+from medpeft.tasks.segmentation_clicks import to_mask_input
+from medpeft.tasks.segmentation_predict import image_prompts
+from medpeft.viz import class_colours, label_map, overlay
 
 PAGE = Path(__file__).with_name("page.html")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
@@ -217,9 +218,7 @@ class Server:
                 with torch.no_grad():
                     logits = self.model.segment(embeddings, prompts.to(self.model.device), size)
                 prob = undo_resize(torch.sigmoid(logits[0]).float().cpu(), meta, "bilinear").numpy()
-                masks = prob > threshold
-                best = np.argmax(np.where(masks, prob, -np.inf), 0)
-                labels = np.where(masks.any(0), best + 1, 0).astype(labels.dtype)
+                labels = label_map(prob > threshold, prob).astype(labels.dtype)
                 done = "all labels"
             else:
                 c, prompts = self._prompts(request, image.shape[:2], meta)
@@ -232,9 +231,7 @@ class Server:
                     with torch.no_grad():
                         logits = self.model.segment(embeddings, prompts.to(self.model.device), size)
                     logits = logits.float().cpu()
-                    item.low_res[(axis, index, c)] = F.interpolate(
-                        logits, scale_factor=0.25, mode="bilinear", align_corners=False
-                    )
+                    item.low_res[(axis, index, c)] = to_mask_input(logits)
                     prob = undo_resize(torch.sigmoid(logits[0]), meta, "bilinear").numpy()[0]
                     labels[labels == c + 1] = 0
                     labels[prob > threshold] = c + 1
@@ -259,8 +256,7 @@ class Server:
         h, w = hw
         points = request.get("points") or []
         box = request.get("box")
-        scale = np.array(meta.resized_size[::-1], np.float32) / np.array(meta.original_size[::-1], np.float32)
-        prompts = Prompts(class_ids=torch.tensor([[c]]))
+        entry: dict[str, Any] = {}
         if points:
             try:
                 xy = np.array([[float(p[0]), float(p[1])] for p in points], np.float32)
@@ -273,8 +269,7 @@ class Server:
                 raise DataError(f"points {str(points)[:80]}: outside the {w}x{h} image")
             if not np.isin(lab, (0, 1)).all():
                 raise DataError(f"points {str(points)[:80]}: labels must be 1 (object) or 0 (background)")
-            prompts.points = torch.from_numpy(xy * scale)[None, None]
-            prompts.point_labels = torch.from_numpy(lab)[None, None]
+            entry["points"] = {name: [[*map(float, p), int(q)] for p, q in zip(xy, lab, strict=True)]}
         if box is not None:
             try:
                 x1, y1, x2, y2 = (float(v) for v in box)
@@ -282,9 +277,11 @@ class Server:
                 raise DataError(f"box {box!r}: expected [x1, y1, x2, y2]") from None
             if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
                 raise DataError(f"box {box!r}: expected 0 <= x1 < x2 <= {w} and 0 <= y1 < y2 <= {h}")
-            prompts.boxes = torch.tensor([[[x1, y1, x2, y2]]]) * torch.from_numpy(np.tile(scale, 2))
-        if not points and box is None:
+            entry["boxes"] = {name: [x1, y1, x2, y2]}
+        if not entry:
             return c, None
+        prompts, _ = image_prompts(entry, [name], meta)  # scaled to the model's input as predict does
+        prompts.class_ids = torch.tensor([[c]])  # the one label, by its index in the model
         return c, prompts
 
     def _segment_3d(

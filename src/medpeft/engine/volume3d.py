@@ -136,8 +136,7 @@ def segment_volume_3d(
         info.update(zoom_in_voxels=int(volume[0, 0].numel()))
     else:
         logits = zoom_out(predictor, volume, roi)
+    from medpeft.viz import label_map  # matplotlib: only when a label map is made
+
     prob = torch.sigmoid(logits[0]).numpy()
-    masks = prob > threshold
-    best = np.argmax(np.where(masks, prob, -np.inf), axis=0)
-    lab = np.where(masks.any(0), best + 1, 0).astype(np.uint16 if len(model.label_names) > 254 else np.uint8)
-    return lab.transpose(2, 1, 0), info
+    return label_map(prob > threshold, prob).transpose(2, 1, 0), info

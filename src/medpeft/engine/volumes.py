@@ -73,6 +73,8 @@ def segment_volume(
     ``[x, y, z, 1|0]``) on their slice. With prompts, a class with none on a slice predicts nothing there."""
     if volume.ndim != 3 or not 0 <= axis < 3:
         raise ValueError(f"expected a 3D volume and axis 0-2, got shape {volume.shape} and axis {axis}")
+    from medpeft.viz import label_map  # matplotlib: only when a label map is made
+
     labels = list(model.label_names)
     prompted = bool(boxes) or bool(points)
     out = np.zeros(volume.shape, np.uint16 if len(labels) > 254 else np.uint8)
@@ -107,9 +109,7 @@ def segment_volume(
             if prompted:  # a class with no prompt on this slice predicts nothing there
                 present = set(entries[i].get("boxes", {})) | set(entries[i].get("points", {}))
                 prob[[c for c, n in enumerate(labels) if n not in present]] = 0.0
-            masks = prob > threshold
-            best = np.argmax(np.where(masks, prob, -np.inf), axis=0)
-            lab = np.where(masks.any(0), best + 1, 0)
+            lab = label_map(prob > threshold, prob)
             index = [slice(None)] * 3
             index[axis] = k
             out[tuple(index)] = from_display(lab)
