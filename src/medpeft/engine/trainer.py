@@ -346,14 +346,10 @@ def train(
             if accelerator.is_main_process and (step % cfg.train.log_every == 0 or step == total_steps):
                 _log(log_path, writer, row, fields)
             ends_epoch = step - epoch * steps_per_epoch >= steps_per_epoch or step >= total_steps
-            if (  # the epoch's own checkpoint follows validation: never write one step twice
-                cfg.train.checkpoint_every
-                and step % cfg.train.checkpoint_every == 0
-                and not ends_epoch
-                and accelerator.is_main_process
-            ):
-                save(["last"], epoch)
+            # the epoch's own checkpoint follows validation: never write one step twice
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and not ends_epoch:
+                if accelerator.is_main_process:
+                    save(["last"], epoch)
                 accelerator.wait_for_everyone()
             if step >= total_steps:
                 break
