@@ -20,44 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from machine import report
-from volumetric import SHARED, subjects
-
-
-def slices(cases: list, table: dict[int, str], out: Path) -> Path:
-    from medpeft.data.volumes import export_slices
-
-    if not (out / "labels.json").is_file():
-        for image, label in cases:
-            export_slices(image, label, out, table, axis=2, min_foreground_pixels=10)
-    return out
+from volumetric import SHARED, axial_slices, slice_route_config, subjects
 
 
 def train_run(args: argparse.Namespace, data: Path, name: str, rounds: int) -> tuple[Path, float]:
-    from medpeft.config import parse_config
     from medpeft.engine.trainer import train
 
-    cfg = parse_config(
-        {
-            "model": {"base": args.base, "image_size": args.image_size},
-            "data": {"root": str(data), "split": [0.9, 0.1, 0.0]},
-            "prompts": {
-                "train_modes": {"box": 0.5, "point": 0.5},
-                "eval_mode": "point",
-                "click_rounds": rounds,
-                "click_p": 0.5,
-            },
-            "adapters": [{"name": "lora", "r": 4, "lr": 5e-3}, {"name": "decoder"}],
-            "train": {
-                "output_dir": str(args.work / name),
-                "epochs": 1000,
-                "max_steps": args.steps,
-                "batch_size": 4,
-                "lr": 1e-4,
-                "warmup_steps": 20,
-                "seed": args.seed,
-            },
-        }
-    )
+    prompts = {
+        "train_modes": {"box": 0.5, "point": 0.5},
+        "eval_mode": "point",
+        "click_rounds": rounds,
+        "click_p": 0.5,
+    }
+    cfg = slice_route_config(args, data, args.work / name, prompts)
     t0 = time.perf_counter()
     result = train(cfg, overwrite=True, progress=False)
     return result.run_dir, time.perf_counter() - t0
@@ -141,8 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_cases, test_cases, table = subjects(
         args.dataset, args.train_subjects, args.test_subjects, args.seed
     )
-    data = slices(train_cases, table, args.work / "slices")
-    test = slices(test_cases, table, args.work / "test_slices")
+    data = axial_slices(train_cases, table, args.work / "slices")
+    test = axial_slices(test_cases, table, args.work / "test_slices")
     rows = []
     for name, rounds in (("prompts only", 0), (f"+ {args.rounds} click rounds", args.rounds)):
         print(f"[clicks] training {name} ...", flush=True)

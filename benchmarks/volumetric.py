@@ -43,36 +43,30 @@ def subjects(name: str, n_train: int, n_test: int, seed: int) -> tuple[list, lis
     return train[:n_train], test[:n_test], table
 
 
-def run(
-    name: str, args: argparse.Namespace, cases: tuple[list, list, dict[int, str]] | None = None
-) -> dict[str, Any]:
-    """The 2D route on ``name``: its subjects (or ``cases``: train cases, test cases, label table)."""
-    import torch
-
-    from medpeft.config import parse_config
-    from medpeft.data.volume_io import read_volume, to_uint8
+def axial_slices(cases: list, table: dict[int, str], out: Path) -> Path:
+    """The cases' axial slices with at least 10 labelled pixels as a 2D folder dataset (made once)."""
     from medpeft.data.volumes import export_slices
-    from medpeft.engine.restore import load_trained
-    from medpeft.engine.trainer import train
-    from medpeft.engine.volumes import DEFAULT_ROTATION, evaluate_volumes, segment_volume
 
-    torch.set_num_threads(args.threads)
-    work = args.work / name
-    train_cases, test_cases, table = cases or subjects(
-        name, args.train_subjects, args.test_subjects, args.seed
-    )
-    slices = work / ("slices" if cases is None else "slices-given")
-    if not (slices / "labels.json").is_file():
-        for image, label in train_cases:
-            export_slices(image, label, slices, table, axis=2, min_foreground_pixels=10)
-    cfg = parse_config(
+    if not (out / "labels.json").is_file():
+        for image, label in cases:
+            export_slices(image, label, out, table, axis=2, min_foreground_pixels=10)
+    return out
+
+
+def slice_route_config(
+    args: argparse.Namespace, data: Path, output_dir: Path, prompts: dict[str, Any]
+) -> Any:
+    """The 2D route's recipe: LoRA r4 (lr 5e-3) + decoder on slices, batch 4, ``args.steps`` steps."""
+    from medpeft.config import parse_config
+
+    return parse_config(
         {
             "model": {"base": args.base, "image_size": args.image_size},
-            "data": {"root": str(slices), "split": [0.9, 0.1, 0.0]},
-            "prompts": {"train_modes": {"auto": 1.0}, "eval_mode": "auto"},
+            "data": {"root": str(data), "split": [0.9, 0.1, 0.0]},
+            "prompts": prompts,
             "adapters": [{"name": "lora", "r": 4, "lr": 5e-3}, {"name": "decoder"}],
             "train": {
-                "output_dir": str(work / "run"),
+                "output_dir": str(output_dir),
                 "epochs": 1000,
                 "max_steps": args.steps,
                 "batch_size": 4,
@@ -82,6 +76,26 @@ def run(
             },
         }
     )
+
+
+def run(
+    name: str, args: argparse.Namespace, cases: tuple[list, list, dict[int, str]] | None = None
+) -> dict[str, Any]:
+    """The 2D route on ``name``: its subjects (or ``cases``: train cases, test cases, label table)."""
+    import torch
+
+    from medpeft.data.volume_io import read_volume, to_uint8
+    from medpeft.engine.restore import load_trained
+    from medpeft.engine.trainer import train
+    from medpeft.engine.volumes import DEFAULT_ROTATION, evaluate_volumes, segment_volume
+
+    torch.set_num_threads(args.threads)
+    work = args.work / name
+    train_cases, test_cases, table = cases or subjects(
+        name, args.train_subjects, args.test_subjects, args.seed
+    )
+    slices = axial_slices(train_cases, table, work / ("slices" if cases is None else "slices-given"))
+    cfg = slice_route_config(args, slices, work / "run", {"train_modes": {"auto": 1.0}, "eval_mode": "auto"})
     t0 = time.perf_counter()
     result = train(cfg, overwrite=True, progress=False)
     train_s = time.perf_counter() - t0
