@@ -123,21 +123,22 @@ class SegmentationTask(Task):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         mode = sample_mode(self.cfg.prompts.train_modes, self.cfg.train.seed, step, micro)
         prompts = Prompts.from_batch(batch, mode)
+        segmenter = getattr(model, "module", model)  # the cache and the rounds call the segmenter's parts
+        embeddings = None  # the frozen encoder's output, stored: decode only
+        if self.embedding_cache is not None:
+            embeddings = self.embedding_cache.embeddings(segmenter, batch)
         rounds = sample_click_rounds(self.cfg, step, micro)
         if rounds:
             from medpeft.tasks.segmentation_clicks import click_rounds
 
-            segmenter = getattr(model, "module", model)  # the rounds call the segmenter's own parts
             if not hasattr(segmenter, "mask_prompt") or model_inputs(batch):
                 raise ValueError(
                     f"prompts.click_rounds = {self.cfg.prompts.click_rounds}: clicks are simulated with SAM's "
                     f"mask input, which {self.cfg.model.backbone} models (or depth-guided ones) do not take; "
                     "set it to 0"
                 )
-            prompts = click_rounds(segmenter, batch, prompts, rounds)
-        if self.embedding_cache is not None:  # the frozen encoder's output, stored: decode only
-            segmenter = getattr(model, "module", model)
-            embeddings = self.embedding_cache.embeddings(segmenter, batch)
+            prompts = click_rounds(segmenter, batch, prompts, rounds, embeddings)
+        if embeddings is not None:
             logits = segmenter.segment(embeddings, prompts, tuple(batch["image"].shape[-2:]))
         else:
             logits = model(batch["image"], prompts, **model_inputs(batch))

@@ -64,10 +64,13 @@ def add_clicks(
 
 
 @torch.no_grad()
-def click_rounds(model: nn.Module, batch: dict[str, Any], prompts: Prompts, rounds: int) -> Prompts:
+def click_rounds(
+    model: nn.Module, batch: dict[str, Any], prompts: Prompts, rounds: int, embeddings: Any = None
+) -> Prompts:
     """SAM's iterative training rounds (no gradient): from ``prompts``, add ``rounds`` clicks at the largest
     error region of each present class, each round fed the previous logits as the mask input; returns the
-    prompts of the next round (all clicks, the last logits as ``masks``). The image is encoded once."""
+    prompts of the next round (all clicks, the last logits as ``masks``). The image is encoded once (not at
+    all when ``embeddings``, e.g. cached, are given)."""
     images = batch["image"]
     truth = (batch["masks"] > 0.5).cpu().numpy()
     present = batch["class_valid"].cpu().numpy() & truth.any((2, 3))
@@ -79,7 +82,8 @@ def click_rounds(model: nn.Module, batch: dict[str, Any], prompts: Prompts, roun
     was_training = model.training
     model.eval()  # the rounds only pick clicks: no dropout, no statistics updated
     try:
-        embeddings = model.image_embeddings(images)
+        if embeddings is None:
+            embeddings = model.image_embeddings(images)
         for _ in range(rounds):
             logits = model.segment(embeddings, prompts, images.shape[-2:]).float()
             points, labels = add_clicks(points, labels, (logits > 0).cpu().numpy(), truth, present)
