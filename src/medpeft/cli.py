@@ -100,12 +100,15 @@ def train(
 
     if processes < 1:
         _fail(f"--processes {processes}: expected 1 or more")
-    if processes > 1 and "WORLD_SIZE" not in os.environ:  # relaunch this command as N processes
-        raise typer.Exit(_launch(processes))
     resume = resume or resume_from is not None
     with _one_line_errors():
-        cfg = load_config(config, set_)
+        cfg = load_config(config, set_)  # checked once here, before any process starts
         overwrite = overwrite or (not resume and _confirm_overwrite(Path(cfg.train.output_dir)))
+        if processes > 1 and "WORLD_SIZE" not in os.environ:  # this command again, as N processes
+            args = ["train", str(config), *(f"--set={s}" for s in set_ or [])]
+            args += ["--resume"] * resume + ["--overwrite"] * overwrite
+            args += ["--resume-from", str(resume_from)] if resume_from is not None else []
+            raise typer.Exit(_launch(processes, args))
         result = run_train(cfg, resume=resume, overwrite=overwrite, resume_from=resume_from)
     best = (
         "no validation split (the last checkpoint stands for the run)"
@@ -116,23 +119,19 @@ def train(
         typer.echo(f"done: {result.steps} steps, {best}; run in {result.run_dir}")
 
 
-def _launch(processes: int) -> int:
-    """Run this ``train`` command again under torch's launcher (what ``accelerate launch`` and torchrun
-    do): N local processes, each told its rank; accelerate picks the backend (NCCL on GPUs, gloo on CPU)."""
+def _launch(processes: int, args: list[str]) -> int:
+    """Run ``medpeft ARGS`` under torch's launcher (what ``accelerate launch`` and torchrun do): N local
+    processes, each told its rank; accelerate picks the backend (NCCL on GPUs, gloo on CPU). The
+    processes ask nothing: the answers were given here."""
     import socket
     import subprocess
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = [
-        a
-        for i, a in enumerate(sys.argv[1:])
-        if not (a.startswith("--processes") or sys.argv[i] == "--processes")
-    ]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
     command += ["--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "medpeft", *args]
-    return subprocess.call(command)
+    return subprocess.call(command, stdin=subprocess.DEVNULL)
 
 
 def _choice(option: str, value: str | None, valid: tuple[str, ...]) -> None:

@@ -78,3 +78,12 @@ def test_an_uneven_global_batch_is_one_line(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "medpeft", "train", str(tmp_path / "c.yaml"), "--processes", "2"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode != 0 and "train.batch_size 3 is the global batch" in result.stderr
+
+
+def test_a_bad_config_is_one_line_before_any_process_starts(tmp_path: Path) -> None:
+    data = make_shapes_dataset(tmp_path / "shapes", n=4)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config_dict(data, tmp_path / "run")))
+    command = [sys.executable, "-m", "medpeft", "train", str(tmp_path / "c.yaml"), "--processes", "2"]
+    result = subprocess.run([*command, "--set", "train.lr=-1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.count("error:") == 1 and "train.lr" in result.stderr
+    assert "Traceback" not in result.stderr and "torch.distributed" not in result.stderr
