@@ -113,7 +113,15 @@ def _decoder_sample(model: nn.Module, embeddings: tuple[torch.Tensor, ...], volu
     return embeddings, coords, labels, class_ids, torch.zeros(batch, classes, low, low), torch.ones(1)
 
 
-def _export(module: nn.Module, args: tuple, path: Path, names: list[str], shapes: tuple, opset: int) -> None:
+def _export(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    names: list[str],
+    shapes: tuple,
+    opset: int,
+    outputs: list[str],
+) -> None:
     """torch.onnx (dynamo) export with the exporter's own chatter silenced (its warnings are about
     internals, not the user's model)."""
     for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "torch.fx"):
@@ -125,7 +133,7 @@ def _export(module: nn.Module, args: tuple, path: Path, names: list[str], shapes
             args,
             str(path),
             input_names=names,
-            output_names=["logits"] if module.__class__ is not EncoderGraph else None,
+            output_names=outputs,
             dynamic_shapes=shapes,
             opset_version=opset,
             dynamo=True,
@@ -150,21 +158,22 @@ def export_graphs(model: nn.Module, out: Path, opset: int = OPSET) -> dict[str, 
     embeddings = encoder(images)
     names = _embedding_names(len(embeddings))
     batch, classes, points = _dim("batch"), _dim("classes"), _dim("points")
-    _export(encoder, (images,), out / ENCODER, ["images"], ({0: batch},), opset)
-    fix_output_names(out / ENCODER, names)
+    _export(encoder, (images,), out / ENCODER, ["images"], ({0: batch},), opset, names)
     inputs = [*names, "point_coords", "point_labels", "class_ids"]
     per_point = {0: batch, 1: classes, 2: points}
     shapes: tuple = (tuple({0: batch} for _ in embeddings), per_point, per_point, {0: batch, 1: classes})
     sample = _decoder_sample(model, embeddings, volume)
     decoders = {"decoder": DECODER}
     if volume:
-        _export(DecoderGraph3D(model, text=True), sample, out / DECODER, inputs, shapes, opset)
-        _export(DecoderGraph3D(model, text=False), sample, out / DECODER_NO_TEXT, inputs, shapes, opset)
+        for text, file in ((True, DECODER), (False, DECODER_NO_TEXT)):
+            _export(DecoderGraph3D(model, text), sample, out / file, inputs, shapes, opset, ["logits"])
         decoders["decoder_no_text"] = DECODER_NO_TEXT
     else:
         inputs += ["mask_input", "has_mask_input"]
         shapes = (*shapes, {0: batch, 1: classes}, None)
-        _export(DecoderGraph2D(model, model.image_size), sample, out / DECODER, inputs, shapes, opset)
+        _export(
+            DecoderGraph2D(model, model.image_size), sample, out / DECODER, inputs, shapes, opset, ["logits"]
+        )
     return {
         "opset": opset,
         "encoder": ENCODER,
@@ -179,20 +188,6 @@ def export_graphs(model: nn.Module, out: Path, opset: int = OPSET) -> dict[str, 
         "label_names": list(model.label_names),
         "class_prompt": getattr(model, "class_prompt", None) is not None,
     }
-
-
-def fix_output_names(path: Path, names: list[str]) -> None:
-    """Name the encoder's outputs after what the decoder calls them (the exporter numbers them)."""
-    import onnx
-
-    graph = onnx.load(str(path))
-    renames = {o.name: n for o, n in zip(graph.graph.output, names, strict=True)}
-    for node in graph.graph.node:
-        node.output[:] = [renames.get(o, o) for o in node.output]
-        node.input[:] = [renames.get(i, i) for i in node.input]
-    for output in graph.graph.output:
-        output.name = renames[output.name]
-    onnx.save(graph, str(path))
 
 
 def export_onnx(checkpoint: Path | str, out: Path, opset: int = OPSET) -> dict[str, Any]:
