@@ -108,6 +108,11 @@ def test_export_refuses_what_it_did_not_write(exported, tmp_path: Path) -> None:
     assert wrong.exit_code == 2 and "medpeft_onnx.json" in wrong.output and "Traceback" not in wrong.output
     bad = runner.invoke(app, ["export", str(run), str(tmp_path / "x"), "--format", "tflite"])
     assert bad.exit_code == 2 and "--format" in bad.output
+    old = runner.invoke(app, ["export", str(run), str(tmp_path / "x"), "--opset", "12"])
+    assert old.exit_code == 2 and "--opset 12" in old.output and not (tmp_path / "x").exists()
+    for option, value in (("--engine", "tensorrt"), ("--max-upload-mb", "0")):
+        served = runner.invoke(app, ["serve", str(run), option, value])
+        assert served.exit_code == 2 and option in served.output and "Traceback" not in served.output
 
 
 def test_a_volume_model_exports_with_and_without_its_text_token(tmp_path: Path) -> None:
