@@ -3,8 +3,9 @@
 1. Decoder-only training (prompt encoder + mask decoder) of SAM ViT-B at 256 px on synthetic images,
    epoch time with and without ``train.embedding_cache`` (the first epoch fills the cache), and the
    per-step losses of both (the same, up to float rounding).
-2. The same LoRA run with 1 and 2 processes at the same global batch (``train --processes``): steps/s,
-   the peak memory of the largest process, and the losses (equal).
+2. The same LoRA run with 1 and 2 processes at the same global batch (``train --processes``), and full
+   fine-tuning of ViT-B with 1 process, 2 with DDP and 2 with FSDP (``train.distributed``): steps/s, the
+   peak memory of each process, and the losses (equal).
 The memory savers (gradient checkpointing, bf16) are measured by ``train_step.py --savers``.
 
     python benchmarks/scale.py --out docs/scale.json
@@ -80,59 +81,99 @@ def cache_epochs(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def processes(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The same LoRA run (``--process-base`` at 256, global batch 4) with 1 and 2 processes (each one
-    thread, as on this 2-core machine): steps/s and the peak RSS of the largest process."""
+# each training process writes its own peak RSS at exit (VmHWM), so per-rank peaks need no polling
+_PEAK_HOOK = """import atexit, os, re
+def _peak():
+    out = os.environ.get("MEDPEFT_BENCH_PEAKS")
+    if out and ("RANK" in os.environ or os.environ.get("MEDPEFT_BENCH_SINGLE")):
+        hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
+        with open(os.path.join(out, "rank-" + os.environ.get("RANK", "0")), "w") as f:
+            f.write(hwm)
+atexit.register(_peak)
+"""
+
+
+def run_processes(root: Path, name: str, raw: dict[str, Any], n: int) -> dict[str, Any]:
+    """One ``medpeft train --processes n`` run: steps/s (from its log), each process's peak RSS, losses."""
     import csv
     import os
     import subprocess
 
     import yaml
 
+    raw["train"]["output_dir"] = str(root / name)
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(raw))
+    hook, peaks = root / "hook", root / f"{name}-peaks"
+    hook.mkdir(exist_ok=True)
+    peaks.mkdir()
+    (hook / "sitecustomize.py").write_text(_PEAK_HOOK)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+        "MEDPEFT_BENCH_PEAKS": str(peaks),
+        **({"MEDPEFT_BENCH_SINGLE": "1"} if n == 1 else {}),
+    }
+    command = [sys.executable, "-m", "medpeft", "train", str(root / f"{name}.yaml"), "--processes", str(n)]
+    t0 = time.perf_counter()
+    subprocess.run(command, check=True, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    log = [r for r in csv.DictReader((root / name / "log.csv").open()) if r.get("loss")]
+    seconds = float(log[-1]["seconds"]) - float(log[0]["seconds"])
+    rank_peaks = [int((peaks / f"rank-{r}").read_text()) / 1024.0 for r in range(n)]
+    return {
+        "run": name,
+        "processes": n,
+        "distributed": raw["train"].get("distributed", "ddp"),
+        "steps_per_second": (len(log) - 1) / seconds,
+        "wall_seconds": wall,
+        "peak_rss_mib_per_process": rank_peaks,
+        "losses": [float(r["loss"]) for r in log],
+    }
+
+
+def processes(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """1 vs 2 processes at the same global batch (each one thread, as on this 2-core machine):
+
+    - LoRA on ``--process-base`` at 256 px, global batch 4 (DDP);
+    - full fine-tuning of ``--fsdp-base`` at 256 px, global batch 4: 1 process, 2 with DDP (each holds the
+      whole model, its gradients and AdamW state) and 2 with FSDP (each holds half).
+    Rank 0 also gathers the full trained tensors and optimizer state when it writes the checkpoint."""
     from conftest import make_shapes_dataset
 
     root = Path(tempfile.mkdtemp())
     data = make_shapes_dataset(root / "shapes", n=40, size=256, big=True)
-    rows = []
-    for n in (1, 2):
-        raw = {
-            "model": {"base": args.process_base, "image_size": 256},
+
+    def config(base: str, adapters: list[dict[str, Any]], steps: int, distributed: str) -> dict[str, Any]:
+        return {
+            "model": {"base": base, "image_size": 256},
             "data": {"root": str(data), "split": [0.8, 0.2, 0.0], "augment": {"hflip_p": 0.0}},
-            "adapters": [{"name": "lora", "r": 4}, {"name": "decoder"}],
+            "adapters": adapters,
             "train": {
-                "output_dir": str(root / f"run{n}"),
                 "epochs": 1,
-                "max_steps": args.process_steps,
+                "max_steps": steps,
                 "batch_size": 4,
                 "log_every": 1,
+                "distributed": distributed,
             },
         }
-        (root / f"c{n}.yaml").write_text(yaml.safe_dump(raw))
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        t0 = time.perf_counter()
-        command = [sys.executable, "-m", "medpeft", "train", str(root / f"c{n}.yaml"), "--processes", str(n)]
-        # a fresh parent per run: its children's maximum RSS is this run's largest process alone
-        probe = (
-            "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True);"
+
+    lora = [{"name": "lora", "r": 4}, {"name": "decoder"}]
+    runs = [
+        ("lora-1", config(args.process_base, lora, args.process_steps, "ddp"), 1),
+        ("lora-2", config(args.process_base, lora, args.process_steps, "ddp"), 2),
+        ("full-1", config(args.fsdp_base, [{"name": "full"}], args.fsdp_steps, "ddp"), 1),
+        ("full-2-ddp", config(args.fsdp_base, [{"name": "full"}], args.fsdp_steps, "ddp"), 2),
+        ("full-2-fsdp", config(args.fsdp_base, [{"name": "full"}], args.fsdp_steps, "fsdp"), 2),
+    ]
+    rows = []
+    for name, raw, n in runs:
+        rows.append(run_processes(root, name, raw, n))
+        peaks = ", ".join(f"{p:.0f}" for p in rows[-1]["peak_rss_mib_per_process"])
+        print(
+            f"  {name}: {rows[-1]['steps_per_second']:.2f} steps/s, peak RSS MiB per process {peaks}",
+            flush=True,
         )
-        probe += " print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-        done = subprocess.run(
-            [sys.executable, "-c", probe, *command], check=True, env=env, capture_output=True, text=True
-        )
-        wall = time.perf_counter() - t0
-        peak = int(done.stdout.split()[-1])
-        log = [r for r in csv.DictReader((root / f"run{n}" / "log.csv").open()) if r.get("loss")]
-        seconds = float(log[-1]["seconds"]) - float(log[0]["seconds"])
-        rows.append(
-            {
-                "processes": n,
-                "steps_per_second": (len(log) - 1) / seconds,
-                "wall_seconds": wall,
-                "peak_rss_mib_largest_process": peak / 1024.0,
-                "losses": [float(r["loss"]) for r in log],
-            }
-        )
-        print(f"  {n} process(es): {rows[-1]['steps_per_second']:.2f} steps/s", flush=True)
     return rows
 
 
@@ -148,28 +189,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--process-base", default="sam-mini-med")
     p.add_argument("--process-steps", type=int, default=12)
+    p.add_argument(
+        "--fsdp-base", default="sam-vit-base", help="the full fine-tuning runs' base (DDP vs FSDP)"
+    )
+    p.add_argument("--fsdp-steps", type=int, default=6)
+    p.add_argument("--skip-cache", action="store_true", help="only the process runs")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print("[scale] decoder-only epochs, embedding cache off / on", flush=True)
-    cache = cache_epochs(args)
-    print("[scale] 1 vs 2 processes, LoRA, global batch 4", flush=True)
+    cache = None
+    lines = []
+    if not args.skip_cache:
+        print("[scale] decoder-only epochs, embedding cache off / on", flush=True)
+        cache = cache_epochs(args)
+        lines += [
+            f"decoder-only epoch (s), cache off: {', '.join(f'{t:.2f}' for t in cache['plain']['epoch_seconds'])}; "
+            f"on: {', '.join(f'{t:.2f}' for t in cache['cached']['epoch_seconds'])}; "
+            f"{cache['speedup_after_first']:.1f}x after the first epoch; "
+            f"max |loss difference| {cache['max_loss_difference']:.1e}",
+            "",
+        ]
+    print("[scale] 1 vs 2 processes (DDP, FSDP), global batch 4", flush=True)
     proc = processes(args)
-    one = proc[0]
-    lines = [
-        f"decoder-only epoch (s), cache off: {', '.join(f'{t:.2f}' for t in cache['plain']['epoch_seconds'])}; "
-        f"on: {', '.join(f'{t:.2f}' for t in cache['cached']['epoch_seconds'])}; "
-        f"{cache['speedup_after_first']:.1f}x after the first epoch; max |loss difference| {cache['max_loss_difference']:.1e}",
-        "",
-        "| processes | steps/s | efficiency | peak RSS MiB (largest process) | max |loss - 1 process| |",
-        "|---|---|---|---|---|",
+    lines += [
+        "| run | processes | sharding | steps/s | efficiency | peak RSS MiB per process | max |loss - 1 process| |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in proc:
+        one = next(
+            o for o in proc if o["run"].split("-")[0] == r["run"].split("-")[0] and o["processes"] == 1
+        )
         diff = max(abs(a - b) for a, b in zip(r["losses"], one["losses"], strict=True))
         efficiency = r["steps_per_second"] / one["steps_per_second"] / r["processes"]
+        peaks = " / ".join(f"{p:.0f}" for p in r["peak_rss_mib_per_process"])
         lines.append(
-            f"| {r['processes']} | {r['steps_per_second']:.2f} | {100 * efficiency:.0f}% | "
-            f"{r['peak_rss_mib_largest_process']:.0f} | {diff:.1e} |"
+            f"| {r['run']} | {r['processes']} | {r['distributed'] if r['processes'] > 1 else '-'} | "
+            f"{r['steps_per_second']:.2f} | {100 * efficiency:.0f}% | {peaks} | {diff:.1e} |"
         )
     return report(
         proc,

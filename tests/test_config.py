@@ -31,12 +31,19 @@ def test_defaults_and_overrides(tmp_path: Path) -> None:
             "unknown adaptation method 'nope'; expected one of: attention_weights, bias, decoder, full",
         ),
         ("prompts.eval_mode=circle", "prompts.eval_mode"),
+        ("train.distributed=zero3", "train.distributed"),
     ],
 )
 def test_errors_name_the_key(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert fragment in str(err.value)
+
+
+def test_fsdp_refuses_galore() -> None:
+    """GaLore projects whole weight matrices; FSDP hands each process a slice of them."""
+    with pytest.raises(ConfigError, match="GaLore projects whole matrices; use ddp"):
+        load_config(None, ["train.distributed=fsdp", "optimizer.name=galore_adamw"])
 
 
 def test_bad_files(tmp_path: Path) -> None:

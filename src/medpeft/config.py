@@ -267,6 +267,9 @@ class TrainConfig(_Strict):
     embedding_cache: Literal["auto", "memory", "disk", "off"] = "auto"
     # recompute the image encoder blocks' activations in the backward pass instead of keeping them
     gradient_checkpointing: bool = False
+    # several processes: ddp (every process holds the whole model) or fsdp (weights, gradients and
+    # optimizer state sharded over the processes, one unit per encoder block: for the largest backbones)
+    distributed: Literal["ddp", "fsdp"] = "ddp"
     cpu: bool = False  # force CPU even when a GPU is present
 
 
@@ -391,6 +394,11 @@ class Config(_Strict):
                     "model.depth_guided.output: softmax needs every class in every item; unset "
                     "data.classes_per_image"
                 )
+        if self.train.distributed == "fsdp" and self.optimizer.name == "galore_adamw":
+            raise ValueError(
+                "train.distributed: fsdp shards each weight matrix over the processes, but GaLore projects "
+                "whole matrices; use ddp with optimizer.name galore_adamw"
+            )
         if native in ("depth", "selfsup_depth") and self.data.normalize != "sam":
             raise ValueError(
                 f"data.normalize: depth models take ImageNet statistics ('sam'), got {self.data.normalize!r}"

@@ -37,8 +37,10 @@ def _train2(config: Path, *extra: str) -> subprocess.CompletedProcess:
     return result
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "galore"])
+@pytest.mark.parametrize("optimizer", ["adamw", "galore", "fsdp"])
 def test_two_processes_follow_one_and_resume(tmp_path: Path, optimizer: str) -> None:
+    """``fsdp``: AdamW with the model sharded (FSDP2, one unit per encoder block) and the blocks
+    checkpointed; its checkpoints are in the 1-process format, and its resume loads a sharded optimizer."""
     data = make_shapes_dataset(tmp_path / "shapes", n=20)  # 16 training images: 4 global batches of 4
     raws = {}
     for name in ("one", "two"):
@@ -48,11 +50,14 @@ def test_two_processes_follow_one_and_resume(tmp_path: Path, optimizer: str) -> 
         if optimizer == "galore":  # full fine-tuning with GaLore projections, refreshed every 3 steps
             raw["adapters"] = [{"name": "full"}]
             raw["optimizer"] = {"name": "galore_adamw", "rank": 4, "update_gap": 3, "projector": "srft"}
+        if optimizer == "fsdp" and name == "two":
+            raw["train"].update(distributed="fsdp", gradient_checkpointing=True)
         raws[name] = raw
     (tmp_path / "two.yaml").write_text(yaml.safe_dump(raws["two"]))
     train(parse_config(raws["one"]), progress=False)
     result = _train2(tmp_path / "two.yaml")
     assert result.stdout.count("done: 8 steps") == 1  # one summary line, from rank 0
+    assert ("FSDP: 2 encoder blocks" in result.stdout) == (optimizer == "fsdp")
     one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 9))
     assert max(abs(one[k] - two[k]) for k in one) < TOL, (one, two)

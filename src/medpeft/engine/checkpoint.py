@@ -108,15 +108,20 @@ def non_finite_tensors(tree: Any, prefix: str = "") -> list[str]:
 
 
 def write_checkpoint(
-    directory: Path, model: nn.Module, record: AdapterRecord, state: dict[str, Any] | None = None
+    directory: Path,
+    model: nn.Module,
+    record: AdapterRecord,
+    state: dict[str, Any] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a complete checkpoint to ``directory`` (a new folder; never one a pointer names).
 
     ``record`` carries the step and epoch; ``state`` (optimizer, scheduler, progress) is stored
-    beside the tensors for ``--resume``. Raises :class:`NonFiniteCheckpoint` before writing anything
-    when a tensor is NaN or infinite.
+    beside the tensors for ``--resume``; ``tensors``: the trained tensors when the model's own are
+    shards (FSDP). Raises :class:`NonFiniteCheckpoint` before writing anything when a tensor is NaN
+    or infinite.
     """
-    tensors = trainable_state_dict(model)
+    tensors = trainable_state_dict(model) if tensors is None else tensors
     bad = non_finite_tensors(tensors) + [f"training state {n}" for n in non_finite_tensors(state or {})]
     if bad:
         raise NonFiniteCheckpoint(

@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 from medpeft.adapters.registry import AdapterMethod
 from medpeft.config import Config, dump_config
 from medpeft.engine import checkpoint as ckpt
+from medpeft.engine import fsdp
 from medpeft.engine.build import build_model, build_optimizer, make_record
 from medpeft.engine.embedding_cache import EmbeddingCache, cache_mode
-from medpeft.engine.grad_checkpoint import enable_gradient_checkpointing
+from medpeft.engine.grad_checkpoint import enable_gradient_checkpointing, encoder_blocks
 from medpeft.engine.html_report import write_report
 from medpeft.engine.report import trainable_share
 from medpeft.engine.rundir import RunDirExists, check_replaceable, create_run_dir, data_paths
@@ -159,16 +160,23 @@ def train(
     if resume_dir is None:
         replace = check_replaceable(run_dir, overwrite, data_paths(cfg))
     check_mixed_precision(cfg.train.mixed_precision, cfg.train.cpu)
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # several processes without a GPU: accelerate's multi-CPU mode (gloo) only when told "cpu"
+    cpu = cfg.train.cpu or (several and not torch.cuda.is_available())
+    plugin = fsdp.fsdp_plugin() if several and cfg.train.distributed == "fsdp" else None
     accelerator = Accelerator(
         gradient_accumulation_steps=cfg.train.grad_accum,
-        # several processes without a GPU: accelerate's multi-CPU mode (gloo) only when told "cpu"
-        cpu=cfg.train.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()),
+        cpu=cpu,
+        fsdp_plugin=None if cpu else plugin,
         mixed_precision=cfg.train.mixed_precision,
         # train.batch_size is the global batch: N processes see the samples 1 process would
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         # a prompt mode leaves some trainable tensors unused in a step (SAM's mask encoder without a mask)
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if plugin is not None and cpu:
+        fsdp.shard_on_cpu(accelerator, plugin)
+    sharded = fsdp.is_sharded(accelerator)  # also when an `accelerate launch` FSDP config asked for it
     if cfg.train.batch_size % accelerator.num_processes:
         raise ValueError(
             f"train.batch_size {cfg.train.batch_size} is the global batch; it must split evenly over "
@@ -197,6 +205,14 @@ def train(
     if cache_line and accelerator.is_main_process:
         print(f"[medpeft] {cache_line}")
     optimizer = build_optimizer(cfg, model)
+    if sharded:
+        fsdp.check_plugin(accelerator, model)
+        optimizer_names = fsdp.optimizer_names(model, optimizer)
+        if accelerator.is_main_process:
+            print(
+                f"[medpeft] FSDP: {len(encoder_blocks(model))} encoder blocks and the rest of the model "
+                f"sharded over {accelerator.num_processes} processes"
+            )
     penalties = method_penalties(cfg)
     fields = log_fields(task, penalties)
     val_key = f"val_{task.metric}"
@@ -228,7 +244,8 @@ def train(
     if resume_dir is not None:
         ckpt.load_adapter_tensors(model, resume_dir, resume_record)
         state = ckpt.load_training_state(resume_dir, resume_record)
-        optimizer.load_state_dict(state["optimizer"])
+        if not sharded:  # a sharded optimizer takes its state once prepared (below)
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step, start_epoch, history, best = state["step"], state["epoch"], state["history"], state["best"]
@@ -241,21 +258,31 @@ def train(
     accelerator.wait_for_everyone()  # the run folder is ready before any process goes on
 
     model, optimizer = accelerator.prepare(model, optimizer)
+    if sharded:
+        fsdp.register_forward_methods(model)
+        if resume_dir is not None:
+            fsdp.load_optimizer_state(model, optimizer.optimizer, state["optimizer"], optimizer_names)
     writer = (
         _tensorboard(run_dir, purge_step=step + 1 if step else None) if accelerator.is_main_process else None
     )
     log_path = run_dir / "log.csv"
 
-    def save(pointers: list[str], epoch_done: int, score: float | None = None) -> Path:
+    def save(pointers: list[str], epoch_done: int, score: float | None = None) -> None:
+        """Every process calls it (a sharded model is gathered first); the main process writes."""
+        tensors = fsdp.trained_tensors(model) if sharded else None
+        optimizer_state = (
+            fsdp.optimizer_state(model, optimizer.optimizer, optimizer_names) if sharded else None
+        )
+        if not accelerator.is_main_process:
+            return
         directory = run_dir / "checkpoints" / f"step-{step:06d}"
-        unwrapped = accelerator.unwrap_model(model)
         rec = record.at(step, epoch_done, **{val_key: score})
         ckpt.write_checkpoint(
             directory,
-            unwrapped,
+            accelerator.unwrap_model(model),
             rec,
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer_state if sharded else optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "step": step,
@@ -263,9 +290,9 @@ def train(
                 "history": history,
                 "best": best,
             },
+            tensors=tensors,
         )
         ckpt.commit_checkpoint(run_dir, directory, pointers)
-        return directory
 
     def stop(what: str) -> NonFiniteLoss:
         bar.close()
@@ -332,7 +359,7 @@ def train(
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
-            if any(not bool(torch.isfinite(p).all()) for p in trainable):
+            if not fsdp.all_finite(trainable, accelerator):
                 raise stop("the weights became non-finite after the optimizer step")
             step += 1
             row = {k: v / micro for k, v in terms_acc.items()}
@@ -348,8 +375,7 @@ def train(
             ends_epoch = step - epoch * steps_per_epoch >= steps_per_epoch or step >= total_steps
             # the epoch's own checkpoint follows validation: never write one step twice
             if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 and not ends_epoch:
-                if accelerator.is_main_process:
-                    save(["last"], epoch)
+                save(["last"], epoch)
                 accelerator.wait_for_everyone()
             if step >= total_steps:
                 break
@@ -358,17 +384,18 @@ def train(
             break
         epoch += 1
         is_val_epoch = epoch % cfg.train.val_every == 0 or step >= total_steps
-        if accelerator.is_main_process:
-            score = None
-            if val_ds is not None and is_val_epoch:
-                score = task.validate(accelerator.unwrap_model(model), val_ds)
+        score = None
+        # a sharded model's forward needs every process: each validates, the main process logs
+        if val_ds is not None and is_val_epoch and (accelerator.is_main_process or sharded):
+            score = task.validate(accelerator.unwrap_model(model), val_ds)
+            if accelerator.is_main_process:
                 history.append({"step": step, "epoch": epoch, val_key: score})
                 _log(log_path, writer, history[-1], fields)
                 bar.write(f"epoch {epoch}: {task.describe(score)}")
-            improved = score is not None and math.isfinite(score) and task.better(score, best)
-            if improved:
-                best = score
-            save(["last", "best"] if improved else ["last"], epoch, score)
+        improved = score is not None and math.isfinite(score) and task.better(score, best)
+        if improved:
+            best = score
+        save(["last", "best"] if improved else ["last"], epoch, score)
         accelerator.wait_for_everyone()  # no process reads or outruns a checkpoint still being written
     bar.close()
     if writer is not None:
