@@ -15,6 +15,7 @@ The memory savers (gradient checkpointing, bf16) are measured by ``train_step.py
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -81,18 +82,6 @@ def cache_epochs(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-# each training process writes its own peak RSS at exit (VmHWM), so per-rank peaks need no polling
-_PEAK_HOOK = """import atexit, os, re
-def _peak():
-    out = os.environ.get("MEDPEFT_BENCH_PEAKS")
-    if out and ("RANK" in os.environ or os.environ.get("MEDPEFT_BENCH_SINGLE")):
-        hwm = re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1)
-        with open(os.path.join(out, "rank-" + os.environ.get("RANK", "0")), "w") as f:
-            f.write(hwm)
-atexit.register(_peak)
-"""
-
-
 def run_processes(root: Path, name: str, raw: dict[str, Any], n: int) -> dict[str, Any]:
     """One ``medpeft train --processes n`` run: steps/s (from its log), each process's peak RSS, losses."""
     import csv
@@ -103,14 +92,16 @@ def run_processes(root: Path, name: str, raw: dict[str, Any], n: int) -> dict[st
 
     raw["train"]["output_dir"] = str(root / name)
     (root / f"{name}.yaml").write_text(yaml.safe_dump(raw))
-    hook, peaks = root / "hook", root / f"{name}-peaks"
-    hook.mkdir(exist_ok=True)
+    peaks = root / f"{name}-peaks"
     peaks.mkdir()
-    (hook / "sitecustomize.py").write_text(_PEAK_HOOK)
+    here = Path(__file__).resolve().parent
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]),
+        # rank_memory/sitecustomize.py records each process's memory (prepared model, training peak)
+        "PYTHONPATH": os.pathsep.join(
+            [str(here / "rank_memory"), str(here), os.environ.get("PYTHONPATH", "")]
+        ),
         "MEDPEFT_BENCH_PEAKS": str(peaks),
         **({"MEDPEFT_BENCH_SINGLE": "1"} if n == 1 else {}),
     }
@@ -120,14 +111,20 @@ def run_processes(root: Path, name: str, raw: dict[str, Any], n: int) -> dict[st
     wall = time.perf_counter() - t0
     log = [r for r in csv.DictReader((root / name / "log.csv").open()) if r.get("loss")]
     seconds = float(log[-1]["seconds"]) - float(log[0]["seconds"])
-    rank_peaks = [int((peaks / f"rank-{r}").read_text()) / 1024.0 for r in range(n)]
+
+    memory = [json.loads((peaks / f"rank-{r}.json").read_text()) for r in range(n)]
     return {
         "run": name,
         "processes": n,
         "distributed": raw["train"].get("distributed", "ddp"),
         "steps_per_second": (len(log) - 1) / seconds,
         "wall_seconds": wall,
-        "peak_rss_mib_per_process": rank_peaks,
+        "peak_rss_mib_per_process": [m["exit"] for m in memory],
+        "trained_state_mib_per_process": [m["trained_state"] for m in memory],
+        "cuda_train_peak_mib_per_process": [m.get("cuda_train") for m in memory],
+        "prepared_rss_mib_per_process": [m["prepared"] for m in memory],
+        "train_peak_rss_mib_per_process": [m["train"] for m in memory],
+        "exit_peak_rss_mib_per_process": [m["exit"] for m in memory],
         "losses": [float(r["loss"]) for r in log],
     }
 
@@ -169,10 +166,11 @@ def processes(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for name, raw, n in runs:
         rows.append(run_processes(root, name, raw, n))
-        peaks = ", ".join(f"{p:.0f}" for p in rows[-1]["peak_rss_mib_per_process"])
+        r = rows[-1]
+        prepared = ", ".join(f"{p:.0f}" for p in r["prepared_rss_mib_per_process"])
+        peaks = ", ".join(f"{p:.0f}" for p in r["train_peak_rss_mib_per_process"])
         print(
-            f"  {name}: {rows[-1]['steps_per_second']:.2f} steps/s, peak RSS MiB per process {peaks}",
-            flush=True,
+            f"  {name}: {r['steps_per_second']:.2f} steps/s, RSS MiB prepared {prepared}, training peak {peaks}"
         )
     return rows
 
@@ -193,15 +191,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--fsdp-base", default="sam-vit-base", help="the full fine-tuning runs' base (DDP vs FSDP)"
     )
     p.add_argument("--fsdp-steps", type=int, default=6)
-    p.add_argument("--skip-cache", action="store_true", help="only the process runs")
+    p.add_argument(
+        "--skip-cache", action="store_true", help="only the process runs (--out keeps its cache figures)"
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cache = None
     lines = []
-    if not args.skip_cache:
+    if args.skip_cache and args.out is not None and args.out.is_file():  # keep the cache figures on record
+        cache = json.loads(args.out.read_text()).get("cache")
+    else:
         print("[scale] decoder-only epochs, embedding cache off / on", flush=True)
         cache = cache_epochs(args)
+    if cache is not None:
         lines += [
             f"decoder-only epoch (s), cache off: {', '.join(f'{t:.2f}' for t in cache['plain']['epoch_seconds'])}; "
             f"on: {', '.join(f'{t:.2f}' for t in cache['cached']['epoch_seconds'])}; "
@@ -212,8 +215,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("[scale] 1 vs 2 processes (DDP, FSDP), global batch 4", flush=True)
     proc = processes(args)
     lines += [
-        "| run | processes | sharding | steps/s | efficiency | peak RSS MiB per process | max |loss - 1 process| |",
-        "|---|---|---|---|---|---|---|",
+        "| run | processes | sharding | steps/s | efficiency | trained tensors + grads + AdamW MiB per process | "
+        "RSS MiB per process: prepared model | "
+        "training peak | with the checkpoint write | max |loss - 1 process| |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in proc:
         one = next(
@@ -221,10 +226,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         diff = max(abs(a - b) for a, b in zip(r["losses"], one["losses"], strict=True))
         efficiency = r["steps_per_second"] / one["steps_per_second"] / r["processes"]
-        peaks = " / ".join(f"{p:.0f}" for p in r["peak_rss_mib_per_process"])
+        prepared = " / ".join(f"{p:.0f}" for p in r["prepared_rss_mib_per_process"])
+        peaks = " / ".join(f"{p:.0f}" for p in r["train_peak_rss_mib_per_process"])
+        exits = " / ".join(f"{p:.0f}" for p in r["exit_peak_rss_mib_per_process"])
+        held = " / ".join(f"{p:.0f}" for p in r["trained_state_mib_per_process"])
         lines.append(
             f"| {r['run']} | {r['processes']} | {r['distributed'] if r['processes'] > 1 else '-'} | "
-            f"{r['steps_per_second']:.2f} | {100 * efficiency:.0f}% | {peaks} | {diff:.1e} |"
+            f"{r['steps_per_second']:.2f} | {100 * efficiency:.0f}% | {held} | {prepared} | {peaks} | {exits} | {diff:.1e} |"
         )
     return report(
         proc,

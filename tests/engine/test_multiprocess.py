@@ -1,6 +1,7 @@
 """Data-parallel training for real: 2 CPU processes on gloo over loopback (``train --processes 2``, torch's
 launcher) follow the 1-process run at the same global batch, write one log and one set of checkpoints,
-resume from a checkpoint with 2 processes, and keep GaLore's projectors identical across processes."""
+resume from a checkpoint with 2 processes and with 1, and keep GaLore's projectors identical across
+processes; with the model sharded (FSDP) too."""
 
 from __future__ import annotations
 
@@ -73,6 +74,14 @@ def test_two_processes_follow_one_and_resume(tmp_path: Path, optimizer: str) -> 
     _train2(tmp_path / "two.yaml", "--resume-from", str(tmp_path / "two" / "checkpoints" / "step-000004"))
     again = _losses(tmp_path / "two")
     assert max(abs(one[k] - again[k]) for k in one) < TOL, (one, again)
+    # the checkpoints are in the 1-process format: one process resumes the 2-process run alike
+    train(
+        parse_config(raws["two"]),
+        progress=False,
+        resume_from=tmp_path / "two" / "checkpoints" / "step-000004",
+    )
+    alone = _losses(tmp_path / "two")
+    assert max(abs(one[k] - alone[k]) for k in one) < TOL, (one, alone)
 
 
 def test_an_uneven_global_batch_is_one_line(tmp_path: Path) -> None:

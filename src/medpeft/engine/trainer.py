@@ -205,6 +205,7 @@ def train(
     if cache_line and accelerator.is_main_process:
         print(f"[medpeft] {cache_line}")
     optimizer = build_optimizer(cfg, model)
+    optimizer_names: list[list[str]] = []  # FSDP: the tensor names, for gathering the optimizer state
     if sharded:
         fsdp.check_plugin(accelerator, model)
         optimizer_names = fsdp.optimizer_names(model, optimizer)
