@@ -25,7 +25,7 @@ FORWARD_METHODS = ("image_embeddings", "segment")
 
 
 def fsdp_plugin() -> FullyShardedDataParallelPlugin:
-    """FSDP2, one unit per encoder block (the classes are filled in from the model in :func:`prepare`)."""
+    """FSDP2, one unit per encoder block (the classes are filled in from the model by :func:`check_plugin`)."""
     return FullyShardedDataParallelPlugin(
         fsdp_version=2,
         auto_wrap_policy="transformer_based_wrap",
@@ -62,7 +62,7 @@ def check_plugin(accelerator: Accelerator, model: nn.Module) -> None:
             f"FSDP version {plugin.fsdp_version} from the accelerate config: medpeft shards with FSDP2 "
             "(fsdp_version: 2), which keeps frozen and trained tensors apart"
         )
-    if plugin.transformer_cls_names_to_wrap is None or plugin.transformer_cls_names_to_wrap == []:
+    if not plugin.transformer_cls_names_to_wrap:
         plugin.transformer_cls_names_to_wrap = sorted({type(m).__name__ for _, m in encoder_blocks(model)})
 
 

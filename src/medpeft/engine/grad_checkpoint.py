@@ -19,7 +19,9 @@ def encoder_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The encoder's repeated blocks, by the backbone's ``blocks`` pattern (its index group ends the name)."""
     pattern = getattr(model, "target_table", {}).get("blocks")
     if pattern is None:
-        raise ValueError(f"{type(model).__name__} names no encoder blocks; gradient checkpointing needs them")
+        raise ValueError(
+            f"{type(model).__name__} names no encoder blocks; gradient checkpointing and FSDP need them"
+        )
     block = re.compile(r"(^|.*\.)" + pattern.split(r"(\d+)")[0] + r"\d+$")
     return [(name, m) for name, m in model.named_modules() if block.fullmatch(name)]
 
