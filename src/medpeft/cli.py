@@ -96,6 +96,7 @@ def train(
 ) -> None:
     """Fine-tune a model as the config says."""
     from medpeft.config import load_config
+    from medpeft.engine.trainer import check_global_batch
     from medpeft.engine.trainer import train as run_train
 
     if processes < 1:
@@ -103,6 +104,7 @@ def train(
     resume = resume or resume_from is not None
     with _one_line_errors():
         cfg = load_config(config, set_)  # checked once here, before any process starts
+        check_global_batch(cfg.train.batch_size, processes)
         overwrite = overwrite or (not resume and _confirm_overwrite(Path(cfg.train.output_dir)))
         if processes > 1 and "WORLD_SIZE" not in os.environ:  # this command again, as N processes
             args = ["train", str(config), *(f"--set={s}" for s in set_ or [])]

@@ -142,6 +142,14 @@ def check_mixed_precision(mode: str, cpu: bool) -> None:
             raise ValueError("train.mixed_precision: bf16 is not supported on Apple MPS; use fp16 or no")
 
 
+def check_global_batch(batch_size: int, processes: int) -> None:
+    """``train.batch_size`` is the global batch: every process must get the same share."""
+    if batch_size % processes:
+        raise ValueError(
+            f"train.batch_size {batch_size} is the global batch; it must split evenly over {processes} processes"
+        )
+
+
 def train(
     cfg: Config,
     resume: bool = False,
@@ -177,11 +185,7 @@ def train(
     if plugin is not None and cpu:
         fsdp.shard_on_cpu(accelerator, plugin)
     sharded = fsdp.is_sharded(accelerator)  # also when an `accelerate launch` FSDP config asked for it
-    if cfg.train.batch_size % accelerator.num_processes:
-        raise ValueError(
-            f"train.batch_size {cfg.train.batch_size} is the global batch; it must split evenly over "
-            f"{accelerator.num_processes} processes"
-        )
+    check_global_batch(cfg.train.batch_size, accelerator.num_processes)
     set_seed(cfg.train.seed)
     task = make_task(cfg)
     splits = task.splits()
