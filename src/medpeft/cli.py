@@ -39,7 +39,9 @@ SetOpt = Annotated[
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    # a launched training process other than rank 0 meets the same error: rank 0 says it once
+    if os.environ.get("RANK", "0") == "0":
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
@@ -131,9 +133,31 @@ def _launch(processes: int, args: list[str]) -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
-    command += ["--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "medpeft", *args]
-    return subprocess.call(command, stdin=subprocess.DEVNULL)
+    command = [sys.executable, "-c", "from medpeft.cli import _torchrun; _torchrun()"]
+    command += ["--nproc_per_node", str(processes), "--master_addr", "127.0.0.1", "--master_port", str(port)]
+    return subprocess.call([*command, "-m", "medpeft", *args], stdin=subprocess.DEVNULL)
+
+
+def _torchrun() -> None:
+    """torch's launcher (``torch.distributed.run``) without its traceback and log lines when a process
+    fails: the failed processes have said why (rank 0's error line); a failure rank 0 did not share is
+    one line naming the rank."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        run(get_args_parser().parse_args(sys.argv[1:]))
+    except ChildFailedError as e:
+        failures = {f.local_rank: f.exitcode for f in e.failures.values()}
+        if 0 not in failures:
+            rank, code = min(failures.items())
+            typer.secho(
+                f"error: training process {rank} failed (exit code {code})", fg=typer.colors.RED, err=True
+            )
+        raise SystemExit(2) from None
 
 
 def _choice(option: str, value: str | None, valid: tuple[str, ...]) -> None:

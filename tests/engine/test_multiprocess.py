@@ -102,3 +102,16 @@ def test_a_bad_config_is_one_line_before_any_process_starts(tmp_path: Path) -> N
     result = subprocess.run([*command, "--set", "train.lr=-1"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and result.stderr.count("error:") == 1 and "train.lr" in result.stderr
     assert "Traceback" not in result.stderr and "torch.distributed" not in result.stderr
+
+
+def test_an_error_in_the_processes_is_one_line(tmp_path: Path) -> None:
+    """Data is read by each training process: both meet the error, rank 0 says it, the launcher is quiet."""
+    (tmp_path / "empty").mkdir()
+    raw = tiny_config_dict(tmp_path / "empty", tmp_path / "run")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "medpeft", "train", str(tmp_path / "c.yaml"), "--processes", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 2 and result.stderr.count("error:") == 1, result.stderr[-2000:]
+    assert "missing folder" in result.stderr and str(tmp_path / "empty") in result.stderr
+    assert "Traceback" not in result.stderr and "ChildFailedError" not in result.stderr
