@@ -119,7 +119,6 @@ def run_processes(root: Path, name: str, raw: dict[str, Any], n: int) -> dict[st
         "distributed": raw["train"].get("distributed", "ddp"),
         "steps_per_second": (len(log) - 1) / seconds,
         "wall_seconds": wall,
-        "peak_rss_mib_per_process": [m["exit"] for m in memory],
         "trained_state_mib_per_process": [m["trained_state"] for m in memory],
         "cuda_train_peak_mib_per_process": [m.get("cuda_train") for m in memory],
         "prepared_rss_mib_per_process": [m["prepared"] for m in memory],

@@ -2,8 +2,8 @@
 on ``PYTHONPATH``; inert unless ``MEDPEFT_BENCH_PEAKS`` names a folder).
 
 Each training process (``RANK`` set, or ``MEDPEFT_BENCH_SINGLE`` for a 1-process run) records, once
-``Accelerator.prepare`` has placed the model (sharded under FSDP): the peak RSS so far ("load"), the RSS
-after freed heap is handed back ("prepared"); from there, the peak up to the end of the last optimizer
+``Accelerator.prepare`` has placed the model (sharded under FSDP): the RSS after freed heap is handed back
+("prepared"); from there, the peak up to the end of the last optimizer
 step ("train"), and up to exit ("exit": it adds the checkpoint writes, where FSDP gathers the full trained
 state); and the MiB of trained tensors, their gradients and optimizer moments this process holds
 ("trained_state"); on a GPU, its peak allocated memory up to the last optimizer step ("cuda_train"). It writes them to ``$MEDPEFT_BENCH_PEAKS/rank-<RANK>.json`` at exit.
@@ -26,7 +26,6 @@ if _OUT and ("RANK" in os.environ or os.environ.get("MEDPEFT_BENCH_SINGLE")):
     def _prepare_and_mark(self, *args, **kwargs):
         result = _prepare(self, *args, **kwargs)
         if any(isinstance(a, torch.nn.Module) for a in args):
-            _marks["load"] = process_memory.peak_rss_mib()
             process_memory.release_free_heap()
             _marks["prepared"] = process_memory.current_rss_mib()
             process_memory.reset_peak_rss()

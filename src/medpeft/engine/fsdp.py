@@ -10,6 +10,7 @@ processes resumes with any other number, and every reader of adapter checkpoints
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -111,11 +112,7 @@ def optimizer_state(
     if not state:
         return {}
     index = {n: i for i, n in enumerate(n for group in names for n in group)}
-    groups = [
-        {**{k: v for k, v in g.items() if k != "params"}, "params": [index[n] for n in g["params"]]}
-        for g in state["param_groups"]
-    ]
-    return {"state": {index[n]: s for n, s in state["state"].items()}, "param_groups": groups}
+    return _rekey(state, index.__getitem__)
 
 
 def load_optimizer_state(
@@ -124,15 +121,19 @@ def load_optimizer_state(
     """Shard an index-keyed optimizer state (any checkpoint's) into the sharded optimizer."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    flat = [n for group in names for n in group]
-    groups = [
-        {**{k: v for k, v in g.items() if k != "params"}, "params": [flat[i] for i in g["params"]]}
-        for g in state["param_groups"]
-    ]
-    named = {"state": {flat[i]: s for i, s in state["state"].items()}, "param_groups": groups}
+    named = _rekey(state, [n for group in names for n in group].__getitem__)
     # not strict: a tensor no step has reached yet (SAM's mask encoder without mask prompts) has no state,
     # as in the single-process optimizer
     set_optimizer_state_dict(model, optimizer, named, options=_options(strict=False))
+
+
+def _rekey(state: dict[str, Any], key: Callable[[Any], Any]) -> dict[str, Any]:
+    """An optimizer state dict with each tensor's key (index or name) mapped through ``key``."""
+    groups = [
+        {**{k: v for k, v in g.items() if k != "params"}, "params": [key(p) for p in g["params"]]}
+        for g in state["param_groups"]
+    ]
+    return {"state": {key(p): s for p, s in state["state"].items()}, "param_groups": groups}
 
 
 def all_finite(params: list[torch.Tensor], accelerator: Accelerator) -> bool:
